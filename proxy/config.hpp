@@ -1,0 +1,88 @@
+// The proxy's configuration: loaded from a YAML file, overridden by command-line flags, and
+// validated once at start so the rest of the program can trust it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace accel {
+
+using Duration = std::chrono::milliseconds;
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::string url;     // as written: scheme://host[:port]
+  std::string scheme;  // "http" or "https"
+  std::string host;
+  uint16_t port = 0;
+  std::vector<std::string> hosts;  // ?ns= values routed here
+  std::string ca_file;
+  bool insecure_skip_verify = false;
+  bool token_proxy = false;
+  int max_idle_connections = 64;
+
+  bool tls() const { return scheme == "https"; }
+  // "host" or "host:port" when the port is not the scheme's default: the Host header to send.
+  std::string host_header() const;
+};
+
+struct Timeouts {
+  Duration header{std::chrono::seconds(10)};
+  Duration idle{std::chrono::seconds(60)};
+  Duration upstream_connect{std::chrono::seconds(10)};
+  Duration upstream_read{std::chrono::seconds(60)};
+  Duration shutdown{std::chrono::seconds(30)};
+};
+
+struct Limits {
+  uint32_t max_header_bytes = 16 * 1024;
+  uint64_t max_manifest_bytes = 4 * 1024 * 1024;
+  uint64_t max_body_bytes = 1024 * 1024;
+};
+
+struct Config {
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 5000;
+  int threads = 0;  // 0: one per core
+  std::string cache_dir = "/var/lib/accel-proxy";
+  std::string log_level = "info";
+  Timeouts timeouts;
+  Limits limits;
+  std::string default_upstream;
+  std::vector<UpstreamConfig> upstreams;
+
+  const UpstreamConfig* find_upstream(std::string_view name) const;
+  // The upstream for a request: the one listing `ns` among its hosts, else the default.
+  const UpstreamConfig& upstream_for_ns(std::string_view ns) const;
+};
+
+// Flags given on the command line; each set one replaces the file's value.
+struct ConfigOverrides {
+  std::string listen;
+  std::string upstream_url;
+  std::string cache_dir;
+  std::string log_level;
+  int threads = -1;
+};
+
+// "1500ms", "10s", "2m", "1h", "1m30s"; a bare number means seconds.
+Duration parse_duration(std::string_view text);
+
+// Parses "scheme://host[:port]" into the upstream's scheme, host and port.
+void parse_upstream_url(UpstreamConfig& upstream);
+
+Config parse_config_yaml(std::string_view yaml_text);
+Config load_config_file(const std::string& path);
+void apply_overrides(Config& config, const ConfigOverrides& overrides);
+// Fills defaults that depend on other values and checks consistency; throws ConfigError.
+void finalize_config(Config& config);
+
+}  // namespace accel

@@ -1,0 +1,552 @@
+#include "proxy/forward.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+#include <charconv>
+#include <chrono>
+#include <spdlog/spdlog.h>
+
+#include "proxy/http_headers.hpp"
+#include "proxy/oci_error.hpp"
+#include "proxy/range.hpp"
+#include "proxy/referrers.hpp"
+#include "proxy/route.hpp"
+#include "proxy/tags_page.hpp"
+
+namespace accel {
+
+namespace beast = boost::beast;
+using Clock = std::chrono::steady_clock;
+
+// --- ResponseHead / ClientConnection ----------------------------------------------------------
+
+void ResponseHead::set(std::string name, std::string value) {
+  for (auto& [k, v] : fields)
+    if (iequals(k, name)) {
+      v = std::move(value);
+      return;
+    }
+  fields.emplace_back(std::move(name), std::move(value));
+}
+
+ClientConnection::ClientConnection(beast::tcp_stream& stream, Duration write_timeout)
+    : stream_(stream), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
+
+void ClientConnection::begin(bool head_request, bool keep_alive) {
+  head_request_ = head_request;
+  keep_alive_ = keep_alive;
+  head_sent_ = false;
+  chunked_ = false;
+  status_ = 0;
+  body_bytes_ = 0;
+  pending_head_.clear();
+}
+
+net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
+  status_ = head.status;
+  const bool bodyless = head_request_ || head.status == 204 || head.status == 304 || head.status / 100 == 1;
+  std::string& out = pending_head_;
+  out = "HTTP/1.1 " + std::to_string(head.status) + " ";
+  out += http::obsolete_reason(static_cast<http::status>(head.status));
+  out += "\r\n";
+  for (const auto& [k, v] : head.fields) {
+    out += k;
+    out += ": ";
+    out += v;
+    out += "\r\n";
+  }
+  if (head.content_length) {
+    out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+  } else if (!bodyless) {
+    out += "Transfer-Encoding: chunked\r\n";
+    chunked_ = true;
+  } else if (head.status != 204 && head.status != 304) {
+    out += "Content-Length: 0\r\n";
+  }
+  if (!keep_alive_) out += "Connection: close\r\n";
+  out += "\r\n";
+  head_sent_ = true;
+  if (bodyless) co_await finish();
+}
+
+net::awaitable<void> ClientConnection::write_body(net::const_buffer data) {
+  if (head_request_ || data.size() == 0) co_return;
+  body_bytes_ += data.size();
+  stream_.expires_after(write_timeout_);
+  if (chunked_) {
+    char size_line[24];
+    int n = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+    std::array<net::const_buffer, 4> parts{net::buffer(pending_head_), net::buffer(size_line, n), data,
+                                           net::buffer("\r\n", 2)};
+    co_await net::async_write(stream_, parts, net::use_awaitable);
+  } else {
+    std::array<net::const_buffer, 2> parts{net::buffer(pending_head_), data};
+    co_await net::async_write(stream_, parts, net::use_awaitable);
+  }
+  pending_head_.clear();
+}
+
+net::awaitable<void> ClientConnection::finish() {
+  if (chunked_ && !head_request_) pending_head_ += "0\r\n\r\n";
+  chunked_ = false;
+  if (!pending_head_.empty()) {
+    stream_.expires_after(write_timeout_);
+    co_await net::async_write(stream_, net::buffer(pending_head_), net::use_awaitable);
+    pending_head_.clear();
+  }
+}
+
+// --- Local answers ----------------------------------------------------------------------------
+
+namespace {
+
+net::awaitable<void> send_local(ClientConnection& client, unsigned status, std::string_view content_type,
+                                std::string_view body, ResponseHead head = {}) {
+  head.status = status;
+  head.set("Content-Type", std::string(content_type));
+  head.content_length = body.size();
+  co_await client.write_head(head);
+  co_await client.write_body(net::buffer(body));
+  co_await client.finish();
+}
+
+ResponseHead registry_head() {
+  ResponseHead h;
+  h.set("Docker-Distribution-API-Version", "registry/2.0");
+  return h;
+}
+
+}  // namespace
+
+net::awaitable<void> send_error(ClientConnection& client, unsigned status, std::string_view code,
+                                std::string_view message) {
+  co_await send_local(client, status, "application/json", oci_error_json(code, message), registry_head());
+}
+
+// --- Talking to upstreams ---------------------------------------------------------------------
+
+namespace {
+
+struct Fetched {
+  std::unique_ptr<UpstreamResponse> response;
+  Endpoint endpoint;  // where the final answer came from (after redirects)
+};
+
+bool is_redirect(unsigned status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+// Sends `request` to `endpoint`, following redirects itself (storage behind a registry, such as
+// S3, is often unreachable for the client, and a client must never be sent there by us).
+net::awaitable<Fetched> fetch(ProxyContext& ctx, std::string_view upstream_name, Endpoint endpoint,
+                              Request request) {
+  for (int hop = 0;; ++hop) {
+    auto started = Clock::now();
+    auto response = co_await ctx.upstreams.send(endpoint, request);
+    double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    ctx.metrics.observe("accel_proxy_upstream_request_duration_seconds", {{"upstream", upstream_name}}, seconds);
+    auto method = request.method();
+    if (!is_redirect(response->status()) || hop == 5 || (method != http::verb::get && method != http::verb::head))
+      co_return Fetched{std::move(response), endpoint};
+    auto location = response->headers()[http::field::location];
+    auto next = resolve_url(location, endpoint);
+    if (!next) co_return Fetched{std::move(response), endpoint};
+    // Credentials for the registry are not for the storage it points to.
+    if (next->endpoint.key() != endpoint.key()) request.erase(http::field::authorization);
+    endpoint = next->endpoint;
+    request.target(next->target);
+    request.set(http::field::host, endpoint.host_header());
+    response.reset();  // its body (a short redirect page) is dropped with its connection
+  }
+}
+
+// The request to send upstream: the client's end-to-end headers, our Host.
+Request upstream_request(const Request& client_request, http::verb method, std::string target,
+                         const Endpoint& endpoint) {
+  Request r{method, target, 11};
+  auto connection = client_request[http::field::connection];
+  for (const auto& f : client_request) {
+    auto name = f.name_string();
+    if (is_hop_by_hop(name) || connection_lists(connection, name)) continue;
+    if (f.name() == http::field::host || f.name() == http::field::content_length) continue;
+    r.insert(name, f.value());
+  }
+  r.set(http::field::host, endpoint.host_header());
+  r.keep_alive(true);
+  return r;
+}
+
+// The upstream's end-to-end headers, to pass on to the client.
+ResponseHead head_from(const UpstreamResponse& response) {
+  ResponseHead h;
+  h.status = response.status();
+  const auto& fields = response.headers();
+  auto connection = fields[http::field::connection];
+  for (const auto& f : fields) {
+    auto name = f.name_string();
+    if (is_hop_by_hop(name) || connection_lists(connection, name)) continue;
+    if (f.name() == http::field::content_length) continue;
+    h.fields.emplace_back(std::string(name), std::string(f.value()));
+  }
+  h.content_length = response.content_length();
+  return h;
+}
+
+net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit = UINT64_MAX) {
+  auto scratch = client.scratch();
+  uint64_t left = limit;
+  while (left > 0) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
+    size_t n = co_await response.read_some(net::buffer(scratch.data(), want));
+    if (n == 0) break;
+    co_await client.write_body(net::buffer(scratch.data(), n));
+    left -= n;
+  }
+}
+
+// Relays the upstream answer as it is (headers filtered, body streamed).
+net::awaitable<void> relay(UpstreamResponse& response, ClientConnection& client, ResponseHead head) {
+  co_await client.write_head(head);
+  co_await stream_body(response, client);
+  co_await client.finish();
+}
+
+std::string proxy_base_url(const Request& request, const Config& config) {
+  auto host = request[http::field::host];
+  if (!host.empty() && host.find_first_of(" \r\n\"<>") == std::string_view::npos) return "http://" + std::string(host);
+  return "http://" + config.listen_host + ":" + std::to_string(config.listen_port);
+}
+
+// For upstreams with token_proxy: point the client's token requests at us.
+void rewrite_challenge(ProxyContext& ctx, const UpstreamConfig& upstream, const Request& request, ResponseHead& head) {
+  if (!upstream.token_proxy) return;
+  for (auto& [k, v] : head.fields) {
+    if (!iequals(k, "WWW-Authenticate")) continue;
+    auto rewrite = rewrite_bearer_realm(v, proxy_base_url(request, ctx.config) + "/auth/token/" + upstream.name);
+    if (rewrite.original_realm) {
+      ctx.realms.remember(upstream.name, *rewrite.original_realm);
+      v = rewrite.header;
+    }
+  }
+}
+
+// --- Range answered by us, for upstreams (or storage) that ignored it ---------------------------
+
+net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_name, const Request& client_request,
+                                  Fetched fetched, const RangeHeader& range, ClientConnection& client) {
+  auto& first_response = *fetched.response;
+  const uint64_t size = *first_response.content_length();
+  ResponseHead head = head_from(first_response);
+  head.set("Accept-Ranges", "bytes");
+  auto ranges = resolve_ranges(range.specs, size);
+  if (ranges.empty()) {
+    ResponseHead err = registry_head();
+    err.set("Content-Range", "bytes */" + std::to_string(size));
+    co_await send_local(client, 416, "application/json", oci_error_json("RANGE_INVALID", "requested range not satisfiable"), err);
+    co_return;
+  }
+  std::string part_type = "application/octet-stream";
+  for (const auto& [k, v] : head.fields)
+    if (iequals(k, "Content-Type")) part_type = v;
+
+  head.status = 206;
+  std::optional<MultipartFraming> framing;
+  if (ranges.size() == 1) {
+    head.set("Content-Range", content_range(ranges[0], size));
+    head.content_length = ranges[0].length();
+  } else {
+    framing = frame_multipart(ranges, size, part_type, make_boundary());
+    head.set("Content-Type", framing->content_type);
+    head.content_length = framing->content_length;
+  }
+  co_await client.write_head(head);
+
+  // One pass through the body while ranges ascend; a range before the current position opens a
+  // new upstream stream (asking it for the rest from there, in case it honours Range after all).
+  std::unique_ptr<UpstreamResponse> body = std::move(fetched.response);
+  uint64_t position = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto& r = ranges[i];
+    if (framing) co_await client.write_body(net::buffer(framing->part_headers[i]));
+    if (r.first < position) {
+      body.reset();
+      Request again = upstream_request(client_request, http::verb::get, std::string(client_request.target()), fetched.endpoint);
+      again.set(http::field::range, "bytes=" + std::to_string(r.first) + "-");
+      // client_request.target() may carry ?ns=: the upstream ignores unknown parameters.
+      auto refetched = co_await fetch(ctx, upstream_name, fetched.endpoint, std::move(again));
+      body = std::move(refetched.response);
+      position = 0;
+      if (body->status() == 206) {
+        position = r.first;
+      } else if (body->status() != 200) {
+        throw UpstreamError("upstream answered " + std::to_string(body->status()) + " when re-reading a range");
+      }
+    }
+    co_await body->skip(r.first - position, client.scratch());
+    position = r.first;
+    auto scratch = client.scratch();
+    uint64_t left = r.length();
+    while (left > 0) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
+      size_t n = co_await body->read_some(net::buffer(scratch.data(), want));
+      if (n == 0) throw UpstreamError("upstream body shorter than its declared length");
+      co_await client.write_body(net::buffer(scratch.data(), n));
+      left -= n;
+    }
+    position = r.last + 1;
+  }
+  if (framing) co_await client.write_body(net::buffer(framing->closing));
+  co_await client.finish();
+}
+
+// --- Route handlers ---------------------------------------------------------------------------
+
+net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, const Route& route,
+                                      ClientConnection& client, ExchangeInfo& info) {
+  const auto& upstream = ctx.config.upstream_for_ns(route.query_value("ns").value_or(""));
+  info.upstream = upstream.name;
+  const Endpoint endpoint = endpoint_of(upstream);
+  const bool head_request = request.method() == http::verb::head;
+
+  RangeHeader range;
+  if (route.kind == RouteKind::blob) {
+    range = parse_range_header(request[http::field::range]);
+    if (range.kind == RangeHeader::Kind::invalid) {
+      co_await send_error(client, 416, "RANGE_INVALID", "malformed Range header");
+      co_return;
+    }
+  }
+
+  Request out = upstream_request(request, request.method(), upstream_path(route) + upstream_query(route), endpoint);
+  if (route.kind == RouteKind::blob && range.kind == RangeHeader::Kind::absent) out.erase(http::field::range);
+  Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, std::move(out));
+  UpstreamResponse& response = *fetched.response;
+  const unsigned status = response.status();
+  ResponseHead head = head_from(response);
+  if (status == 401) rewrite_challenge(ctx, upstream, request, head);
+
+  switch (route.kind) {
+    case RouteKind::manifest:
+      if (status == 200) {
+        auto length = response.content_length();
+        if (length && *length > ctx.config.limits.max_manifest_bytes) {
+          co_await send_error(client, 502, "MANIFEST_INVALID", "upstream manifest exceeds the size limit");
+          co_return;
+        }
+        if (!length && !head_request) {  // chunked: read it whole (bounded) to check the size
+          std::string body;
+          try {
+            body = co_await response.read_all(ctx.config.limits.max_manifest_bytes);
+          } catch (const UpstreamError&) {
+            body.clear();
+          }
+          if (!response.body_done()) {
+            co_await send_error(client, 502, "MANIFEST_INVALID", "upstream manifest exceeds the size limit");
+            co_return;
+          }
+          head.content_length = body.size();
+          co_await client.write_head(head);
+          co_await client.write_body(net::buffer(body));
+          co_await client.finish();
+          co_return;
+        }
+      }
+      break;
+
+    case RouteKind::blob:
+      if (status == 200 || status == 206) head.set("Accept-Ranges", "bytes");
+      if (range.kind == RangeHeader::Kind::ranges && status == 200 && !head_request && response.content_length()) {
+        co_await serve_ranges(ctx, upstream.name, request, std::move(fetched), range, client);
+        co_return;
+      }
+      break;
+
+    case RouteKind::tags:
+    case RouteKind::catalog:
+      if (status == 200 && !head_request) {
+        std::string body = co_await response.read_all(64 * 1024 * 1024);
+        std::optional<uint64_t> n;
+        if (auto v = route.query_value("n")) {
+          uint64_t value = 0;
+          auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), value);
+          if (ec != std::errc() || ptr != v->data() + v->size() || v->empty()) {
+            co_await send_error(client, 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested");
+            co_return;
+          }
+          n = value;
+        }
+        std::optional<TagsPage> page;
+        if (route.kind == RouteKind::tags)
+          page = paginate_tags(body, route.repository, n, route.query_value("last"), response.headers()[http::field::link]);
+        if (!page) page = TagsPage{body, relative_link(response.headers()[http::field::link])};
+        std::erase_if(head.fields, [](const auto& f) { return iequals(f.first, "Link"); });
+        if (!page->link.empty()) head.set("Link", page->link);
+        head.content_length = page->body.size();
+        co_await client.write_head(head);
+        co_await client.write_body(net::buffer(page->body));
+        co_await client.finish();
+        co_return;
+      }
+      break;
+
+    case RouteKind::referrers: {
+      auto artifact_type = route.query_value("artifactType");
+      std::optional<std::string> index;
+      if (status == 200 && !head_request) {
+        std::string body = co_await response.read_all(ctx.config.limits.max_manifest_bytes);
+        bool filtered_upstream = !response.headers()["OCI-Filters-Applied"].empty();
+        index = filtered_upstream ? body : filter_referrers(body, artifact_type).value_or(body);
+      } else if (status == 404) {
+        // No Referrers API upstream: the spec's fallback is an index under the tag <alg>-<hex>.
+        fetched.response.reset();
+        Request fallback = upstream_request(request, http::verb::get,
+                                            "/v2/" + route.repository + "/manifests/" + referrers_fallback_tag(route.reference),
+                                            endpoint);
+        fallback.set(http::field::accept, std::string(kOciIndexMediaType));
+        auto tag = co_await fetch(ctx, upstream.name, endpoint, std::move(fallback));
+        if (tag.response->status() == 200) {
+          std::string body = co_await tag.response->read_all(ctx.config.limits.max_manifest_bytes);
+          index = filter_referrers(body, artifact_type).value_or(empty_referrers_index());
+        } else if (tag.response->status() == 404) {
+          index = empty_referrers_index();
+        } else {
+          ResponseHead tag_head = head_from(*tag.response);
+          if (tag.response->status() == 401) rewrite_challenge(ctx, upstream, request, tag_head);
+          co_await relay(*tag.response, client, tag_head);
+          co_return;
+        }
+        head = registry_head();
+      }
+      if (index) {
+        head.status = 200;
+        head.set("Content-Type", std::string(kOciIndexMediaType));
+        if (artifact_type) head.set("OCI-Filters-Applied", "artifactType");
+        std::erase_if(head.fields, [](const auto& f) { return iequals(f.first, "Docker-Content-Digest"); });
+        head.content_length = index->size();
+        co_await client.write_head(head);
+        co_await client.write_body(net::buffer(*index));
+        co_await client.finish();
+        co_return;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  co_await relay(*fetched.response, client, std::move(head));
+}
+
+// /auth/token/<upstream>: forwards the client's token request (GET with query, or OAuth2 POST)
+// to the realm the upstream named in its challenge.
+net::awaitable<void> forward_token(ProxyContext& ctx, const Request& request, const Route& route,
+                                   ClientConnection& client, ExchangeInfo& info) {
+  const UpstreamConfig* upstream = ctx.config.find_upstream(route.upstream);
+  if (!upstream || !upstream->token_proxy) {
+    co_await send_error(client, 404, "NAME_UNKNOWN", "no token proxy for this upstream");
+    co_return;
+  }
+  info.upstream = upstream->name;
+  const Endpoint endpoint = endpoint_of(*upstream);
+  auto realm = ctx.realms.lookup(upstream->name);
+  if (!realm) {  // not seen a challenge yet (e.g. after a restart): ask the upstream for one
+    Request ping = upstream_request(Request{}, http::verb::get, "/v2/", endpoint);
+    auto pinged = co_await fetch(ctx, upstream->name, endpoint, std::move(ping));
+    if (auto c = parse_challenge(pinged.response->headers()[http::field::www_authenticate]))
+      if (auto r = c->param("realm")) {
+        ctx.realms.remember(upstream->name, *r);
+        realm = r;
+      }
+  }
+  if (!realm) {
+    co_await send_error(client, 502, "UNAVAILABLE", "upstream did not name a token service");
+    co_return;
+  }
+  auto target = resolve_url(*realm, endpoint);
+  if (!target) {
+    co_await send_error(client, 502, "UNAVAILABLE", "upstream token realm is not a usable URL");
+    co_return;
+  }
+  std::string path = target->target;
+  std::string client_query = upstream_query(route);  // drops ns
+  if (!client_query.empty()) path += (path.find('?') == std::string::npos ? "?" : "&") + client_query.substr(1);
+  Request out = upstream_request(request, request.method(), path, target->endpoint);
+  out.body() = request.body();
+  auto fetched = co_await fetch(ctx, upstream->name, target->endpoint, std::move(out));
+  co_await relay(*fetched.response, client, head_from(*fetched.response));
+}
+
+net::awaitable<void> answer_readyz(ProxyContext& ctx, ClientConnection& client) {
+  const auto& upstream = *ctx.config.find_upstream(ctx.config.default_upstream);
+  const Endpoint endpoint = endpoint_of(upstream);
+  std::string problem;
+  try {
+    auto fetched = co_await fetch(ctx, upstream.name, endpoint, upstream_request(Request{}, http::verb::get, "/v2/", endpoint));
+    if (fetched.response->status() >= 500) problem = "upstream answered " + std::to_string(fetched.response->status());
+    else co_await fetched.response->read_all(1024 * 1024);
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  if (problem.empty())
+    co_await send_local(client, 200, "text/plain", "ready\n");
+  else
+    co_await send_local(client, 503, "text/plain", "not ready: " + problem + "\n");
+}
+
+}  // namespace
+
+net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, ClientConnection& client,
+                                    ExchangeInfo& info) {
+  Route route = parse_route(request.target());
+  info.route = std::string(route_label(route.kind));
+  info.repository = route.repository;
+  const auto method = request.method();
+  const bool read_method = method == http::verb::get || method == http::verb::head;
+
+  try {
+    switch (route.kind) {
+      case RouteKind::healthz:
+        co_await send_local(client, 200, "text/plain", "ok\n");
+        co_return;
+      case RouteKind::metrics:
+        co_await send_local(client, 200, "text/plain; version=0.0.4", ctx.metrics.render());
+        co_return;
+      case RouteKind::readyz:
+        co_await answer_readyz(ctx, client);
+        co_return;
+      case RouteKind::not_found:
+        co_await send_error(client, 404, "NOT_FOUND", "no such route");
+        co_return;
+      case RouteKind::invalid:
+        co_await send_error(client, route.error_status, route.error_code, route.error_message);
+        co_return;
+      case RouteKind::token:
+        if (method != http::verb::get && method != http::verb::post) {
+          co_await send_error(client, 405, "UNSUPPORTED", "token requests are GET or POST");
+          co_return;
+        }
+        co_await forward_token(ctx, request, route, client, info);
+        co_return;
+      case RouteKind::blob_upload:
+        co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
+        co_return;
+      default:
+        if (!read_method) {
+          co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
+          co_return;
+        }
+        co_await forward_registry(ctx, request, route, client, info);
+        co_return;
+    }
+  } catch (const std::exception& e) {
+    if (client.head_sent()) throw;
+    // Nothing sent yet: the client gets a proper error instead of a dropped connection.
+    spdlog::warn("upstream failure route={} upstream={} error=\"{}\"", info.route, info.upstream, e.what());
+    ctx.metrics.add("accel_proxy_upstream_errors_total", {{"upstream", info.upstream}});
+    client.close_after();
+  }
+  co_await send_error(client, 502, "UNAVAILABLE", "upstream unavailable or answered badly");
+}
+
+}  // namespace accel

@@ -1,0 +1,95 @@
+// Answers one client request: local endpoints (health, metrics, errors) directly, registry
+// routes by forwarding to the chosen upstream and streaming its answer back, with the fixes a
+// mirror owes its clients (Range when the upstream ignores it, redirects followed, tags
+// pagination, referrers fallback, token realm rewriting).
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "auth/challenge.hpp"
+#include "proxy/config.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/upstream.hpp"
+
+namespace accel {
+
+using Request = http::request<http::string_body>;
+
+// Everything a request handler may use; one per worker thread except the shared parts.
+struct ProxyContext {
+  const Config& config;
+  Metrics& metrics;
+  TokenRealms& realms;
+  UpstreamClient& upstreams;
+};
+
+// Status line and fields of an answer. Without a content length the body is sent chunked.
+struct ResponseHead {
+  unsigned status = 200;
+  std::vector<std::pair<std::string, std::string>> fields;
+  std::optional<uint64_t> content_length;
+
+  void set(std::string name, std::string value);
+};
+
+// The client's side of one connection: writes answers, counts bytes, remembers whether the
+// connection can be kept open.
+class ClientConnection {
+ public:
+  // `write_timeout`: longest a client may take to accept more of an answer.
+  ClientConnection(boost::beast::tcp_stream& stream, Duration write_timeout);
+
+  // Starts a new exchange: `head_request` answers carry no body; `keep_alive` is the client's wish.
+  void begin(bool head_request, bool keep_alive);
+
+  net::awaitable<void> write_head(const ResponseHead& head);
+  net::awaitable<void> write_body(net::const_buffer data);
+  net::awaitable<void> finish();  // ends a chunked body and flushes
+
+  bool head_sent() const { return head_sent_; }
+  bool keep_alive() const { return keep_alive_; }
+  void close_after() { keep_alive_ = false; }
+  uint64_t body_bytes() const { return body_bytes_; }
+  unsigned status() const { return status_; }
+  net::mutable_buffer scratch() { return net::buffer(scratch_.get(), kScratchSize); }
+
+  static constexpr size_t kScratchSize = 256 * 1024;
+
+ private:
+  boost::beast::tcp_stream& stream_;
+  Duration write_timeout_;
+  std::unique_ptr<char[]> scratch_;
+  std::string pending_head_;  // sent together with the first body bytes
+  bool head_request_ = false;
+  bool keep_alive_ = true;
+  bool head_sent_ = false;
+  bool chunked_ = false;
+  unsigned status_ = 0;
+  uint64_t body_bytes_ = 0;
+};
+
+// What the access log and metrics need to know about an exchange.
+struct ExchangeInfo {
+  std::string route = "other";
+  std::string repository;
+  std::string upstream;
+};
+
+// Handles one request. Throws only after the answer's head was sent (the caller then closes
+// the connection so the client sees a broken transfer, never a short body taken as complete).
+net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, ClientConnection& client,
+                                    ExchangeInfo& info);
+
+// Answers with an OCI error body; for clients whose request could not even be parsed too.
+net::awaitable<void> send_error(ClientConnection& client, unsigned status, std::string_view code,
+                                std::string_view message);
+
+}  // namespace accel

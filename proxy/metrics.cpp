@@ -1,0 +1,117 @@
+#include "proxy/metrics.hpp"
+
+#include <array>
+#include <cstdio>
+
+namespace accel {
+namespace {
+
+// Seconds; from sub-millisecond manifest answers to multi-second blob transfers.
+constexpr std::array<double, 14> kBuckets{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,    0.25,  0.5,    1,     2.5,  5,    10};
+
+std::string format_number(double v) {
+  char buf[64];
+  if (v == static_cast<double>(static_cast<int64_t>(v)) && v < 1e15 && v > -1e15)
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+  else
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string series(std::string_view name, const std::string& labels, std::string_view extra = {}) {
+  std::string s(name);
+  if (!labels.empty() || !extra.empty()) {
+    s += '{';
+    s += labels;
+    if (!labels.empty() && !extra.empty()) s += ',';
+    s += extra;
+    s += '}';
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string format_labels(Labels labels) {
+  std::string out;
+  for (const auto& [k, v] : labels) {
+    if (!out.empty()) out += ',';
+    out += k;
+    out += "=\"";
+    for (char c : v) {
+      if (c == '\\' || c == '"') out += '\\';
+      if (c == '\n') { out += "\\n"; continue; }
+      out += c;
+    }
+    out += '"';
+  }
+  return out;
+}
+
+Metrics::Metrics() = default;
+
+void Metrics::describe(std::string_view name, Type type, std::string_view help) {
+  std::lock_guard lock(mutex_);
+  auto& f = families_[std::string(name)];
+  f.type = type;
+  f.help = std::string(help);
+}
+
+void Metrics::add(std::string_view name, Labels labels, double value) {
+  std::string key = format_labels(labels);
+  std::lock_guard lock(mutex_);
+  auto it = families_.find(name);
+  if (it == families_.end()) it = families_.emplace(std::string(name), Family{}).first;
+  it->second.values[key] += value;
+}
+
+void Metrics::set(std::string_view name, Labels labels, double value) {
+  std::string key = format_labels(labels);
+  std::lock_guard lock(mutex_);
+  auto it = families_.find(name);
+  if (it == families_.end()) it = families_.emplace(std::string(name), Family{Type::gauge, {}, {}, {}}).first;
+  it->second.values[key] = value;
+}
+
+void Metrics::observe(std::string_view name, Labels labels, double value) {
+  std::string key = format_labels(labels);
+  std::lock_guard lock(mutex_);
+  auto it = families_.find(name);
+  if (it == families_.end()) it = families_.emplace(std::string(name), Family{Type::histogram, {}, {}, {}}).first;
+  auto& h = it->second.histograms[key];
+  if (h.bucket_counts.empty()) h.bucket_counts.assign(kBuckets.size(), 0);
+  for (size_t i = 0; i < kBuckets.size(); ++i)
+    if (value <= kBuckets[i]) { ++h.bucket_counts[i]; break; }
+  ++h.count;
+  h.sum += value;
+}
+
+std::string Metrics::render() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  for (const auto& [name, f] : families_) {
+    const char* type = f.type == Type::counter ? "counter" : f.type == Type::gauge ? "gauge" : "histogram";
+    if (!f.help.empty()) out += "# HELP " + name + " " + f.help + "\n";
+    out += "# TYPE " + name + " " + type + "\n";
+    if (f.type == Type::histogram) {
+      for (const auto& [labels, h] : f.histograms) {
+        uint64_t cumulative = 0;
+        for (size_t i = 0; i < kBuckets.size(); ++i) {
+          cumulative += h.bucket_counts[i];
+          out += series(name + "_bucket", labels, "le=\"" + format_number(kBuckets[i]) + "\"") + " " +
+                 std::to_string(cumulative) + "\n";
+        }
+        out += series(name + "_bucket", labels, "le=\"+Inf\"") + " " + std::to_string(h.count) + "\n";
+        out += series(name + "_sum", labels) + " " + format_number(h.sum) + "\n";
+        out += series(name + "_count", labels) + " " + std::to_string(h.count) + "\n";
+      }
+    } else {
+      if (f.values.empty()) out += name + " 0\n";
+      for (const auto& [labels, v] : f.values) out += series(name, labels) + " " + format_number(v) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace accel

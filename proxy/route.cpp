@@ -1,0 +1,176 @@
+#include "proxy/route.hpp"
+
+#include <boost/url/parse.hpp>
+#include <boost/url/encode.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
+
+#include "proxy/oci_names.hpp"
+
+namespace accel {
+namespace {
+
+Route invalid(std::string code, int status, std::string message) {
+  Route r;
+  r.kind = RouteKind::invalid;
+  r.error_code = std::move(code);
+  r.error_status = status;
+  r.error_message = std::move(message);
+  return r;
+}
+
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t slash = path.find('/', start);
+    if (slash == std::string_view::npos) slash = path.size();
+    parts.push_back(path.substr(start, slash - start));
+    start = slash + 1;
+  }
+  return parts;
+}
+
+std::string join(const std::vector<std::string_view>& parts, size_t begin, size_t end) {
+  std::string out;
+  for (size_t i = begin; i < end; ++i) {
+    if (i != begin) out += '/';
+    out += parts[i];
+  }
+  return out;
+}
+
+// Routes under /v2/<name>/...; `parts` are the segments after "v2".
+Route parse_repository_route(const std::vector<std::string_view>& parts) {
+  const size_t n = parts.size();
+  Route r;
+  size_t name_end = 0;
+  if (n >= 3 && parts[n - 2] == "tags" && parts[n - 1] == "list") {
+    r.kind = RouteKind::tags;
+    name_end = n - 2;
+  } else if (n >= 3 && parts[n - 2] == "blobs" && parts[n - 1] == "uploads") {
+    r.kind = RouteKind::blob_upload;
+    name_end = n - 2;
+  } else if (n >= 4 && parts[n - 3] == "blobs" && parts[n - 2] == "uploads") {
+    r.kind = RouteKind::blob_upload;
+    name_end = n - 3;
+  } else if (n >= 3 && parts[n - 2] == "manifests") {
+    r.kind = RouteKind::manifest;
+    name_end = n - 2;
+  } else if (n >= 3 && parts[n - 2] == "blobs") {
+    r.kind = RouteKind::blob;
+    name_end = n - 2;
+  } else if (n >= 3 && parts[n - 2] == "referrers") {
+    r.kind = RouteKind::referrers;
+    name_end = n - 2;
+  } else {
+    return r;  // not_found
+  }
+  r.repository = join(parts, 0, name_end);
+  if (!is_valid_repository(r.repository))
+    return invalid("NAME_INVALID", 400, "invalid repository name");
+  if (r.kind == RouteKind::manifest || r.kind == RouteKind::blob || r.kind == RouteKind::referrers)
+    r.reference = std::string(parts[n - 1]);
+  if (r.kind == RouteKind::manifest) {
+    if (looks_like_digest(r.reference) ? !is_valid_digest(r.reference) : !is_valid_tag(r.reference))
+      return looks_like_digest(r.reference)
+                 ? invalid("DIGEST_INVALID", 400, "invalid digest in manifest reference")
+                 : invalid("MANIFEST_INVALID", 400, "reference is neither a valid tag nor a digest");
+  } else if (r.kind == RouteKind::blob || r.kind == RouteKind::referrers) {
+    if (!is_valid_digest(r.reference)) return invalid("DIGEST_INVALID", 400, "invalid digest");
+  }
+  return r;
+}
+
+}  // namespace
+
+std::string_view route_label(RouteKind kind) {
+  switch (kind) {
+    case RouteKind::ping: return "ping";
+    case RouteKind::catalog: return "catalog";
+    case RouteKind::manifest: return "manifest";
+    case RouteKind::blob: return "blob";
+    case RouteKind::blob_upload: return "blob_upload";
+    case RouteKind::tags: return "tags";
+    case RouteKind::referrers: return "referrers";
+    case RouteKind::healthz: return "healthz";
+    case RouteKind::readyz: return "readyz";
+    case RouteKind::metrics: return "metrics";
+    case RouteKind::token: return "token";
+    case RouteKind::not_found: return "not_found";
+    case RouteKind::invalid: return "invalid";
+  }
+  return "unknown";
+}
+
+std::optional<std::string> Route::query_value(std::string_view key) const {
+  for (const auto& p : query)
+    if (p.key == key) return p.value;
+  return std::nullopt;
+}
+
+bool Route::reference_is_digest() const { return looks_like_digest(reference); }
+
+Route parse_route(std::string_view target) {
+  auto url = boost::urls::parse_origin_form(target);
+  if (!url) return invalid("NAME_INVALID", 400, "malformed request target");
+  std::string_view path = url->encoded_path();
+  // Registry names never contain '%', '.' segments or empty segments: refusing any
+  // percent-encoding up front closes every traversal trick (%2e%2e, %2f) at once.
+  if (path.find('%') != std::string_view::npos || path.find('\\') != std::string_view::npos)
+    return invalid("NAME_INVALID", 400, "percent-encoded or backslash characters in path");
+
+  std::vector<QueryParam> query;
+  for (auto param : url->params()) query.push_back({std::string(param.key), std::string(param.value)});
+
+  Route r;
+  if (path == "/v2" || path == "/v2/") {
+    r.kind = RouteKind::ping;
+  } else if (path == "/v2/_catalog") {
+    r.kind = RouteKind::catalog;
+  } else if (path == "/healthz") {
+    r.kind = RouteKind::healthz;
+  } else if (path == "/readyz") {
+    r.kind = RouteKind::readyz;
+  } else if (path == "/metrics") {
+    r.kind = RouteKind::metrics;
+  } else if (path.starts_with("/auth/token/")) {
+    std::string_view name = path.substr(12);
+    if (name.empty() || name.find('/') != std::string_view::npos) return r;
+    r.kind = RouteKind::token;
+    r.upstream = std::string(name);
+  } else if (path.starts_with("/v2/")) {
+    auto parts = split_path(path.substr(4));
+    for (auto part : parts)
+      if (part.empty() || part == "." || part == "..")
+        return invalid("NAME_INVALID", 400, "empty or dot segment in repository path");
+    r = parse_repository_route(parts);
+  }
+  r.query = std::move(query);
+  return r;
+}
+
+std::string upstream_path(const Route& route) {
+  switch (route.kind) {
+    case RouteKind::ping: return "/v2/";
+    case RouteKind::catalog: return "/v2/_catalog";
+    case RouteKind::manifest: return "/v2/" + route.repository + "/manifests/" + route.reference;
+    case RouteKind::blob: return "/v2/" + route.repository + "/blobs/" + route.reference;
+    case RouteKind::tags: return "/v2/" + route.repository + "/tags/list";
+    case RouteKind::referrers: return "/v2/" + route.repository + "/referrers/" + route.reference;
+    default: return "/";
+  }
+}
+
+std::string upstream_query(const Route& route) {
+  std::string out;
+  for (const auto& p : route.query) {
+    if (p.key == "ns") continue;
+    out += out.empty() ? '?' : '&';
+    out += boost::urls::encode(p.key, boost::urls::unreserved_chars);
+    out += '=';
+    out += boost::urls::encode(p.value, boost::urls::unreserved_chars);
+  }
+  return out;
+}
+
+}  // namespace accel

@@ -1,0 +1,230 @@
+#include "proxy/server.hpp"
+
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <set>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "proxy/forward.hpp"
+
+namespace accel {
+
+namespace beast = boost::beast;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+
+void describe_proxy_metrics(Metrics& m) {
+  using T = Metrics::Type;
+  m.describe("accel_proxy_http_requests_total", T::counter, "Requests answered, by route, method and status code.");
+  m.describe("accel_proxy_http_response_bytes_total", T::counter, "Response body bytes sent to clients, by route.");
+  m.describe("accel_proxy_upstream_request_duration_seconds", T::histogram,
+             "Time from sending a request upstream to its response header, by upstream.");
+  m.describe("accel_proxy_upstream_errors_total", T::counter, "Requests that failed because of an upstream, by upstream.");
+  m.describe("accel_proxy_open_connections", T::gauge, "Client connections currently open.");
+}
+
+// One thread's share of the server. Member order matters: the upstream client must outlive the
+// io_context's pending coroutines, which are destroyed with the io_context (see ~Worker).
+struct Server::Worker {
+  std::unique_ptr<net::io_context> io = std::make_unique<net::io_context>(1);
+  UpstreamClient upstreams;
+  ProxyContext context;
+  tcp::acceptor acceptor{*io};
+  std::thread thread;
+  bool draining = false;                   // touched only on this worker's thread
+  std::set<beast::tcp_stream*> idle;       // connections waiting for their next request
+
+  Worker(const Config& config, Metrics& metrics, TokenRealms& realms)
+      : upstreams(io->get_executor(), config), context{config, metrics, realms, upstreams} {}
+  ~Worker() {
+    if (thread.joinable()) thread.join();
+    io.reset();  // destroys suspended sessions while `upstreams` still exists
+  }
+
+  net::awaitable<void> accept_loop();
+  net::awaitable<void> session(tcp::socket socket);
+  void drain();  // runs on this worker's thread
+};
+
+namespace {
+
+std::string_view method_label(http::verb v) {
+  switch (v) {
+    case http::verb::get: return "GET";
+    case http::verb::head: return "HEAD";
+    case http::verb::post: return "POST";
+    case http::verb::put: return "PUT";
+    case http::verb::patch: return "PATCH";
+    case http::verb::delete_: return "DELETE";
+    default: return "OTHER";
+  }
+}
+
+// Answers a request that could not be read at all, then the connection closes.
+net::awaitable<void> reject(beast::tcp_stream& stream, Duration timeout, unsigned status, std::string_view code,
+                            std::string_view message) {
+  ClientConnection client(stream, timeout);
+  client.begin(false, false);
+  co_await send_error(client, status, code, message);
+}
+
+}  // namespace
+
+net::awaitable<void> Server::Worker::accept_loop() {
+  while (!draining) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    if (ec) {
+      if (draining || ec == net::error::operation_aborted) break;
+      spdlog::warn("accept failed: {}", ec.message());
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true));
+    net::co_spawn(*io, session(std::move(socket)), net::detached);
+  }
+}
+
+net::awaitable<void> Server::Worker::session(tcp::socket socket) {
+  const Config& config = context.config;
+  Metrics& metrics = context.metrics;
+  beast::tcp_stream stream(std::move(socket));
+  ClientConnection client(stream, config.timeouts.idle);
+  beast::flat_buffer buffer;
+  metrics.add("accel_proxy_open_connections", {}, 1);
+
+  while (!draining) {
+    // Between requests the idle timeout applies; once a request starts, the header timeout.
+    if (buffer.size() == 0) {
+      idle.insert(&stream);
+      stream.expires_after(config.timeouts.idle);
+      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), use_tuple);
+      idle.erase(&stream);
+      if (ec || n == 0) break;
+      buffer.commit(n);
+    }
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(config.limits.max_header_bytes);
+    parser.body_limit(config.limits.max_body_bytes);
+    stream.expires_after(config.timeouts.header);
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+    if (ec == http::error::header_limit) {
+      co_await reject(stream, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
+      break;
+    }
+    if (ec == http::error::body_limit) {
+      co_await reject(stream, config.timeouts.idle, 413, "SIZE_INVALID", "request body too large");
+      break;
+    }
+    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == net::error::eof ||
+        ec == net::error::connection_reset || ec == http::error::partial_message)
+      break;
+    if (ec) {
+      co_await reject(stream, config.timeouts.idle, 400, "UNSUPPORTED", "malformed HTTP request");
+      break;
+    }
+
+    const auto& request = parser.get();
+    const auto started = Clock::now();
+    client.begin(request.method() == http::verb::head, request.keep_alive() && !draining);
+    ExchangeInfo info;
+    bool broken = false;
+    try {
+      co_await handle_request(context, request, client, info);
+    } catch (const std::exception& e) {
+      // The answer's head is out: closing is the only honest way to say the body is incomplete.
+      spdlog::warn("transfer aborted route={} repo={} upstream={} error=\"{}\"", info.route, info.repository,
+                   info.upstream, e.what());
+      broken = true;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+    const std::string code = std::to_string(client.status());
+    metrics.add("accel_proxy_http_requests_total",
+                {{"route", info.route}, {"method", method_label(request.method())}, {"code", code}});
+    metrics.add("accel_proxy_http_response_bytes_total", {{"route", info.route}}, static_cast<double>(client.body_bytes()));
+    // Never log headers or query strings: they can carry credentials and tokens.
+    spdlog::info("request method={} route={} repo={} status={} bytes={} duration_ms={:.2f} upstream={}{}",
+                 method_label(request.method()), info.route, info.repository.empty() ? "-" : info.repository,
+                 client.status(), client.body_bytes(), ms, info.upstream.empty() ? "-" : info.upstream,
+                 broken ? " aborted=true" : "");
+    if (broken || !client.keep_alive()) break;
+  }
+  metrics.add("accel_proxy_open_connections", {}, -1);
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.socket().close(ignored);
+}
+
+void Server::Worker::drain() {
+  draining = true;
+  beast::error_code ignored;
+  acceptor.close(ignored);
+  // Busy connections finish their request and then close; idle ones close now.
+  for (auto* stream : idle) stream->socket().cancel(ignored);
+}
+
+Server::Server(const Config& config, Metrics& metrics) : config_(config), metrics_(metrics) {
+  int threads = config.threads > 0 ? config.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>(config, metrics, realms_));
+  describe_proxy_metrics(metrics);
+}
+
+Server::~Server() = default;
+
+uint16_t Server::bind() {
+  auto address = net::ip::make_address(config_.listen_host);
+  uint16_t port = config_.listen_port;
+  // Each worker has its own acceptor on the same port; the kernel spreads connections.
+  for (auto& w : workers_) {
+    tcp::endpoint endpoint(address, port);
+    w->acceptor.open(endpoint.protocol());
+    w->acceptor.set_option(tcp::acceptor::reuse_address(true));
+    int one = 1;
+    if (::setsockopt(w->acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+      throw std::runtime_error("SO_REUSEPORT not supported");
+    w->acceptor.bind(endpoint);
+    w->acceptor.listen(net::socket_base::max_listen_connections);
+    port = w->acceptor.local_endpoint().port();
+  }
+  return port;
+}
+
+void Server::run() {
+  for (auto& w : workers_) {
+    net::co_spawn(*w->io, w->accept_loop(), net::detached);
+    w->thread = std::thread([&io = *w->io] { io.run(); });
+  }
+
+  // The main thread waits for a signal, then drains every worker and waits for them.
+  net::io_context signals_io(1);
+  net::signal_set signals(signals_io, SIGTERM, SIGINT);
+  signals.async_wait([&](const boost::system::error_code&, int signal) {
+    spdlog::info("signal {} received: finishing in-flight requests", signal);
+    for (auto& w : workers_) net::post(*w->io, [worker = w.get()] { worker->drain(); });
+  });
+  signals_io.run();
+
+  const auto deadline = Clock::now() + config_.timeouts.shutdown;
+  for (auto& w : workers_) {
+    while (!w->io->stopped() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!w->io->stopped()) {
+      spdlog::warn("shutdown timeout: closing connections still in flight");
+      w->io->stop();
+    }
+    w->thread.join();
+  }
+  spdlog::info("stopped");
+}
+
+}  // namespace accel

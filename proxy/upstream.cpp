@@ -1,0 +1,305 @@
+#include "proxy/upstream.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/url/parse.hpp>
+#include <charconv>
+#include <cstring>
+#include <variant>
+
+namespace accel {
+
+namespace beast = boost::beast;
+namespace ssl = net::ssl;
+using tcp = net::ip::tcp;
+using error_code = boost::system::error_code;
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+
+// --- Endpoint ---------------------------------------------------------------------------------
+
+std::string Endpoint::key() const {
+  return (tls ? "https://" : "http://") + host + ":" + std::to_string(port);
+}
+
+std::string Endpoint::host_header() const {
+  bool default_port = (tls && port == 443) || (!tls && port == 80);
+  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  return default_port ? h : h + ":" + std::to_string(port);
+}
+
+Endpoint endpoint_of(const UpstreamConfig& u) { return Endpoint{u.tls(), u.host, u.port, &u}; }
+
+std::optional<ResolvedUrl> resolve_url(std::string_view location, const Endpoint& base) {
+  if (!location.empty() && location.front() == '/' && !(location.size() > 1 && location[1] == '/'))
+    return ResolvedUrl{base, std::string(location)};
+  auto url = boost::urls::parse_absolute_uri(location);
+  if (!url) return std::nullopt;
+  std::string scheme(url->scheme());
+  if (scheme != "http" && scheme != "https") return std::nullopt;
+  ResolvedUrl r;
+  r.endpoint.tls = scheme == "https";
+  r.endpoint.host = std::string(url->host_address());
+  r.endpoint.port = url->has_port() ? url->port_number() : (r.endpoint.tls ? 443 : 80);
+  r.endpoint.settings = base.settings;
+  if (r.endpoint.host.empty() || r.endpoint.port == 0) return std::nullopt;
+  r.target = url->encoded_path().empty() ? "/" : std::string(url->encoded_path());
+  if (url->has_query()) r.target += "?" + std::string(url->encoded_query());
+  return r;
+}
+
+// --- Connection -------------------------------------------------------------------------------
+
+class UpstreamConnection {
+ public:
+  using Plain = beast::tcp_stream;
+  using Secure = beast::ssl_stream<beast::tcp_stream>;
+
+  std::variant<Plain, Secure> stream;
+  std::string key;
+  beast::flat_buffer buffer;
+  std::optional<http::response_parser<http::buffer_body>> parser;
+  Duration read_timeout{};
+  bool reused = false;
+
+  // Body state of the current response.
+  bool raw_body = false;   // Content-Length framing: read straight from the socket
+  uint64_t remaining = 0;  // raw_body: bytes still to come
+  bool done = false;
+  bool keep_alive = false;
+
+  template <class... Args>
+  explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {}
+
+  beast::tcp_stream& lowest() {
+    return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
+  }
+  void arm_timer() { lowest().expires_after(read_timeout); }
+};
+
+// --- Response ---------------------------------------------------------------------------------
+
+UpstreamResponse::UpstreamResponse(UpstreamClient& client, std::unique_ptr<UpstreamConnection> connection,
+                                   bool head_request)
+    : client_(client), connection_(std::move(connection)), head_request_(head_request) {}
+
+UpstreamResponse::~UpstreamResponse() {
+  if (connection_ && connection_->done && connection_->keep_alive) client_.release(std::move(connection_));
+}
+
+unsigned UpstreamResponse::status() const { return connection_->parser->get().result_int(); }
+const http::fields& UpstreamResponse::headers() const { return connection_->parser->get().base(); }
+bool UpstreamResponse::body_done() const { return connection_->done; }
+
+std::optional<uint64_t> UpstreamResponse::content_length() const {
+  auto& p = *connection_->parser;
+  if (p.chunked()) return std::nullopt;
+  if (auto n = p.content_length()) return *n;
+  // A HEAD answer's parser skips the body, so read the header ourselves.
+  auto it = p.get().find(http::field::content_length);
+  if (it == p.get().end()) return std::nullopt;
+  uint64_t n = 0;
+  auto v = it->value();
+  auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || ptr != v.data() + v.size()) return std::nullopt;
+  return n;
+}
+
+net::awaitable<void> UpstreamResponse::read_header() {
+  auto& c = *connection_;
+  c.parser.emplace();
+  c.parser->body_limit(boost::none);  // bodies are streamed, never buffered whole
+  c.parser->header_limit(64 * 1024);
+  if (head_request_) c.parser->skip(true);
+  c.arm_timer();
+  auto [ec, n] = co_await std::visit(
+      [&](auto& s) { return http::async_read_header(s, c.buffer, *c.parser, use_tuple); }, c.stream);
+  if (ec) throw boost::system::system_error(ec);
+  c.keep_alive = c.parser->keep_alive();
+  unsigned status = c.parser->get().result_int();
+  if (c.parser->is_done() || head_request_ || status == 204 || status == 304 || status / 100 == 1) {
+    c.done = true;
+  } else if (!c.parser->chunked() && c.parser->content_length()) {
+    c.raw_body = true;
+    c.remaining = *c.parser->content_length();
+    c.done = c.remaining == 0;
+  }
+}
+
+net::awaitable<size_t> UpstreamResponse::read_some(net::mutable_buffer buffer) {
+  auto& c = *connection_;
+  if (c.done || buffer.size() == 0) co_return 0;
+  if (c.raw_body) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), c.remaining));
+    size_t got = 0;
+    if (c.buffer.size() > 0) {  // body bytes that arrived together with the header
+      got = net::buffer_copy(net::buffer(buffer.data(), want), c.buffer.data());
+      c.buffer.consume(got);
+    } else {
+      c.arm_timer();
+      auto [ec, n] = co_await std::visit(
+          [&](auto& s) { return s.async_read_some(net::buffer(buffer.data(), want), use_tuple); }, c.stream);
+      if (ec || n == 0) {
+        c.keep_alive = false;
+        throw UpstreamError(ec == beast::error::timeout ? "upstream stalled while sending the body"
+                                                        : "upstream closed the connection before the end of the body");
+      }
+      got = n;
+    }
+    c.remaining -= got;
+    c.done = c.remaining == 0;
+    co_return got;
+  }
+  // Chunked or close-delimited: let Beast's parser decode the framing.
+  auto& body = c.parser->get().body();
+  while (true) {
+    body.data = buffer.data();
+    body.size = buffer.size();
+    body.more = true;
+    c.arm_timer();
+    auto [ec, n] = co_await std::visit(
+        [&](auto& s) { return http::async_read_some(s, c.buffer, *c.parser, use_tuple); }, c.stream);
+    if (ec == http::error::need_buffer) ec = {};
+    size_t got = buffer.size() - body.size;
+    if (c.parser->is_done()) {
+      c.done = true;
+      if (!c.parser->keep_alive()) c.keep_alive = false;
+      co_return got;
+    }
+    if (ec) {
+      c.keep_alive = false;
+      throw UpstreamError("upstream body ended early: " + ec.message());
+    }
+    if (got > 0) co_return got;
+  }
+}
+
+net::awaitable<std::string> UpstreamResponse::read_all(uint64_t limit) {
+  if (auto n = content_length(); n && *n > limit) throw UpstreamError("upstream body exceeds the size limit");
+  std::string out;
+  char chunk[16 * 1024];
+  while (true) {
+    size_t n = co_await read_some(net::buffer(chunk));
+    if (n == 0) break;
+    if (out.size() + n > limit) throw UpstreamError("upstream body exceeds the size limit");
+    out.append(chunk, n);
+  }
+  co_return out;
+}
+
+net::awaitable<void> UpstreamResponse::skip(uint64_t count, net::mutable_buffer scratch) {
+  while (count > 0) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(count, scratch.size()));
+    size_t n = co_await read_some(net::buffer(scratch.data(), want));
+    if (n == 0) throw UpstreamError("upstream body shorter than its declared length");
+    count -= n;
+  }
+}
+
+// --- Client -----------------------------------------------------------------------------------
+
+struct UpstreamClient::TlsContexts {
+  std::map<const UpstreamConfig*, ssl::context> by_upstream;
+
+  ssl::context& for_settings(const UpstreamConfig* settings) {
+    auto it = by_upstream.find(settings);
+    if (it != by_upstream.end()) return it->second;
+    ssl::context ctx(ssl::context::tls_client);
+    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3);
+    ctx.set_default_verify_paths();
+    if (settings && !settings->ca_file.empty()) ctx.load_verify_file(settings->ca_file);
+    ctx.set_verify_mode(settings && settings->insecure_skip_verify ? ssl::verify_none : ssl::verify_peer);
+    return by_upstream.emplace(settings, std::move(ctx)).first->second;
+  }
+};
+
+UpstreamClient::UpstreamClient(net::any_io_executor executor, const Config& config)
+    : executor_(std::move(executor)), config_(config), tls_(std::make_unique<TlsContexts>()) {}
+
+UpstreamClient::~UpstreamClient() = default;
+
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(const Endpoint& endpoint) {
+  tcp::resolver resolver(executor_);
+  auto [rec, results] = co_await resolver.async_resolve(endpoint.host, std::to_string(endpoint.port), use_tuple);
+  if (rec) throw UpstreamError("cannot resolve " + endpoint.host + ": " + rec.message());
+
+  std::unique_ptr<UpstreamConnection> c;
+  if (endpoint.tls) {
+    auto& ctx = tls_->for_settings(endpoint.settings);
+    c = std::make_unique<UpstreamConnection>(std::in_place_type<UpstreamConnection::Secure>, executor_, ctx);
+  } else {
+    c = std::make_unique<UpstreamConnection>(std::in_place_type<UpstreamConnection::Plain>, executor_);
+  }
+  c->key = endpoint.key();
+  c->read_timeout = config_.timeouts.upstream_read;
+  c->lowest().expires_after(config_.timeouts.upstream_connect);
+  auto [cec, ep] = co_await c->lowest().async_connect(results, use_tuple);
+  if (cec) throw UpstreamError("cannot connect to " + endpoint.key() + ": " + cec.message());
+  c->lowest().socket().set_option(tcp::no_delay(true));
+
+  if (auto* secure = std::get_if<UpstreamConnection::Secure>(&c->stream)) {
+    if (!SSL_set_tlsext_host_name(secure->native_handle(), endpoint.host.c_str()))
+      throw UpstreamError("cannot set TLS server name for " + endpoint.host);
+    if (!(endpoint.settings && endpoint.settings->insecure_skip_verify))
+      secure->set_verify_callback(ssl::host_name_verification(endpoint.host));
+    auto [hec] = co_await secure->async_handshake(ssl::stream_base::client, use_tuple);
+    if (hec) throw UpstreamError("TLS handshake with " + endpoint.key() + " failed: " + hec.message());
+  }
+  co_return c;
+}
+
+void UpstreamClient::release(std::unique_ptr<UpstreamConnection> connection) {
+  auto& idle = idle_[connection->key];
+  int limit = 64;
+  for (const auto& u : config_.upstreams)
+    if (endpoint_of(u).key() == connection->key) limit = u.max_idle_connections;
+  if (static_cast<int>(idle.size()) >= limit) return;  // closes it
+  connection->parser.reset();
+  connection->raw_body = false;
+  connection->done = false;
+  connection->reused = true;
+  connection->lowest().expires_never();
+  idle.push_back(std::move(connection));
+}
+
+net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const Endpoint& endpoint,
+                                                                      http::request<http::string_body>& request) {
+  const bool head = request.method() == http::verb::head;
+  const bool idempotent = head || request.method() == http::verb::get;
+  request.prepare_payload();
+  for (int attempt = 0;; ++attempt) {
+    std::unique_ptr<UpstreamConnection> c;
+    if (auto it = idle_.find(endpoint.key()); it != idle_.end() && !it->second.empty()) {
+      c = std::move(it->second.back());
+      it->second.pop_back();
+    } else {
+      c = co_await connect(endpoint);
+    }
+    const bool reused = c->reused;
+    c->arm_timer();
+    auto [wec, wn] = co_await std::visit(
+        [&](auto& s) { return http::async_write(s, request, use_tuple); }, c->stream);
+    error_code failure = wec;
+    std::unique_ptr<UpstreamResponse> response;
+    if (!failure) {
+      response = std::make_unique<UpstreamResponse>(*this, std::move(c), head);
+      try {
+        co_await response->read_header();
+      } catch (const boost::system::system_error& e) {
+        failure = e.code();
+        response.reset();
+      }
+    }
+    if (!failure) co_return response;
+    // A pooled connection the server closed while idle fails at once: try a fresh one.
+    if (reused && idempotent && attempt == 0) continue;
+    if (failure == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
+    throw UpstreamError("upstream " + endpoint.key() + ": " + failure.message());
+  }
+}
+
+}  // namespace accel

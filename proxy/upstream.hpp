@@ -1,0 +1,114 @@
+// HTTP/1.1 client for upstream registries (and the storage they redirect to): keep-alive
+// connection pools per endpoint, http and https, timeouts, and responses whose bodies are read
+// piece by piece so blobs stream with bounded memory.
+//
+// One UpstreamClient per worker thread (each worker runs its own io_context), so pools need no
+// locks and a connection never changes thread.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http/fields.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "proxy/config.hpp"
+
+namespace accel {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+
+// Where a request goes: scheme, host and port (plus the TLS settings of the upstream it belongs
+// to, which also apply to the storage it redirects to).
+struct Endpoint {
+  bool tls = false;
+  std::string host;
+  uint16_t port = 0;
+  const UpstreamConfig* settings = nullptr;
+
+  std::string key() const;          // "https://host:port", the pool key
+  std::string host_header() const;  // "host[:port]"
+};
+
+Endpoint endpoint_of(const UpstreamConfig& upstream);
+
+// A URL split for requests: the endpoint and the origin-form target ("/path?query").
+struct ResolvedUrl {
+  Endpoint endpoint;
+  std::string target;
+};
+// Resolves `location` (absolute, or relative to `base`) as a redirect or realm URL.
+std::optional<ResolvedUrl> resolve_url(std::string_view location, const Endpoint& base);
+
+// Thrown for every upstream failure: connect, TLS, timeout, malformed or truncated response.
+struct UpstreamError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class UpstreamConnection;
+class UpstreamClient;
+
+// The upstream's answer: header read, body not yet. Destroying it before the body is fully
+// read closes the connection; reading it to the end returns the connection to its pool.
+class UpstreamResponse {
+ public:
+  UpstreamResponse(UpstreamClient& client, std::unique_ptr<UpstreamConnection> connection, bool head_request);
+  ~UpstreamResponse();
+  UpstreamResponse(const UpstreamResponse&) = delete;
+  UpstreamResponse& operator=(const UpstreamResponse&) = delete;
+
+  unsigned status() const;
+  const http::fields& headers() const;
+  // From Content-Length; unset for chunked or close-delimited bodies.
+  std::optional<uint64_t> content_length() const;
+  bool body_done() const;
+
+  // Reads the next piece of the body into `buffer`; 0 means the body is complete. Throws
+  // UpstreamError if the upstream closes early or stalls past the read timeout.
+  net::awaitable<size_t> read_some(net::mutable_buffer buffer);
+  // The whole body, refusing (UpstreamError) more than `limit` bytes.
+  net::awaitable<std::string> read_all(uint64_t limit);
+  // Reads and drops `count` body bytes.
+  net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
+
+ private:
+  friend class UpstreamClient;
+  net::awaitable<void> read_header();
+
+  UpstreamClient& client_;
+  std::unique_ptr<UpstreamConnection> connection_;
+  bool head_request_;
+};
+
+class UpstreamClient {
+ public:
+  UpstreamClient(net::any_io_executor executor, const Config& config);
+  ~UpstreamClient();
+
+  // Sends `request` and reads the response header. Retries once on a fresh connection when a
+  // pooled keep-alive connection turns out to be closed (GET and HEAD only).
+  net::awaitable<std::unique_ptr<UpstreamResponse>> send(const Endpoint& endpoint,
+                                                          http::request<http::string_body>& request);
+
+ private:
+  friend class UpstreamResponse;
+  net::awaitable<std::unique_ptr<UpstreamConnection>> connect(const Endpoint& endpoint);
+  void release(std::unique_ptr<UpstreamConnection> connection);
+  struct TlsContexts;
+
+  net::any_io_executor executor_;
+  const Config& config_;
+  std::unique_ptr<TlsContexts> tls_;
+  std::map<std::string, std::vector<std::unique_ptr<UpstreamConnection>>> idle_;
+};
+
+}  // namespace accel
