@@ -88,6 +88,15 @@ net::awaitable<void> ClientConnection::write_body(net::const_buffer data) {
   pending_head_.clear();
 }
 
+net::awaitable<void> ClientConnection::flush() {
+  if (!pending_head_.empty()) {
+    stream_.expires_after(write_timeout_);
+    co_await net::async_write(stream_, net::buffer(pending_head_), net::use_awaitable);
+    pending_head_.clear();
+  }
+  stream_.expires_never();
+}
+
 net::awaitable<void> ClientConnection::finish() {
   if (chunked_ && !head_request_) pending_head_ += "0\r\n\r\n";
   chunked_ = false;
@@ -195,6 +204,15 @@ ResponseHead head_from(const UpstreamResponse& response) {
 }
 
 net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit = UINT64_MAX) {
+  if (limit == UINT64_MAX && client.raw_body() && !response.body_done()) {
+    // Zero-copy when both sides are plain TCP: the fast path for blobs.
+    co_await client.flush();
+    auto moved = co_await response.splice_to(client.socket(), client.write_timeout());
+    if (moved) {
+      client.count_body(*moved);
+      co_return;
+    }
+  }
   auto scratch = client.scratch();
   uint64_t left = limit;
   while (left > 0) {

@@ -53,6 +53,13 @@ class ClientConnection {
   net::awaitable<void> write_head(const ResponseHead& head);
   net::awaitable<void> write_body(net::const_buffer data);
   net::awaitable<void> finish();  // ends a chunked body and flushes
+  net::awaitable<void> flush();   // sends the head if it is still pending
+
+  // Body bytes may go straight to the socket (not chunked, not a HEAD answer).
+  bool raw_body() const { return !chunked_ && !head_request_; }
+  net::ip::tcp::socket& socket() { return stream_.socket(); }
+  void count_body(uint64_t n) { body_bytes_ += n; }
+  Duration write_timeout() const { return write_timeout_; }
 
   bool head_sent() const { return head_sent_; }
   bool keep_alive() const { return keep_alive_; }

@@ -1,7 +1,7 @@
 #include "proxy/metrics.hpp"
 
 #include <array>
-#include <cstdio>
+#include <charconv>
 
 namespace accel {
 namespace {
@@ -10,13 +10,11 @@ namespace {
 constexpr std::array<double, 14> kBuckets{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                           0.1,    0.25,  0.5,    1,     2.5,  5,    10};
 
+// Shortest text that reads back as the same double ("0.005", not "0.0050000000000000001").
 std::string format_number(double v) {
   char buf[64];
-  if (v == static_cast<double>(static_cast<int64_t>(v)) && v < 1e15 && v > -1e15)
-    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
-  else
-    std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, ec == std::errc() ? end : buf);
 }
 
 std::string series(std::string_view name, const std::string& labels, std::string_view extra = {}) {

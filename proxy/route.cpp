@@ -139,7 +139,9 @@ Route parse_route(std::string_view target) {
     r.kind = RouteKind::token;
     r.upstream = std::string(name);
   } else if (path.starts_with("/v2/")) {
-    auto parts = split_path(path.substr(4));
+    std::string_view rest = path.substr(4);
+    if (rest.ends_with("/blobs/uploads/")) rest.remove_suffix(1);  // the upload-start URL has one
+    auto parts = split_path(rest);
     for (auto part : parts)
       if (part.empty() || part == "." || part == "..")
         return invalid("NAME_INVALID", 400, "empty or dot segment in repository path");

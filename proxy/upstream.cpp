@@ -1,8 +1,13 @@
 #include "proxy/upstream.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <fcntl.h>
+#include <unistd.h>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -72,8 +77,17 @@ class UpstreamConnection {
   bool done = false;
   bool keep_alive = false;
 
+  // A pipe for splice(2), made on first use and kept with the connection.
+  int pipe_read = -1;
+  int pipe_write = -1;
+  size_t pipe_capacity = 0;
+
   template <class... Args>
   explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {}
+  ~UpstreamConnection() {
+    if (pipe_read >= 0) ::close(pipe_read);
+    if (pipe_write >= 0) ::close(pipe_write);
+  }
 
   beast::tcp_stream& lowest() {
     return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
@@ -198,6 +212,79 @@ net::awaitable<void> UpstreamResponse::skip(uint64_t count, net::mutable_buffer 
     if (n == 0) throw UpstreamError("upstream body shorter than its declared length");
     count -= n;
   }
+}
+
+namespace {
+
+// Waits until `socket` is ready, or throws after `timeout`.
+net::awaitable<void> wait_ready(tcp::socket& socket, tcp::socket::wait_type type, Duration timeout) {
+  using namespace net::experimental::awaitable_operators;
+  net::steady_timer timer(socket.get_executor(), timeout);
+  auto result = co_await (socket.async_wait(type, use_tuple) || timer.async_wait(use_tuple));
+  if (result.index() == 1) throw UpstreamError("transfer stalled past the read timeout");
+  if (auto [ec] = std::get<0>(result); ec) throw UpstreamError("socket wait failed: " + ec.message());
+}
+
+}  // namespace
+
+net::awaitable<std::optional<uint64_t>> UpstreamResponse::splice_to(tcp::socket& out, Duration timeout) {
+  auto& c = *connection_;
+  auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
+  if (!plain || !c.raw_body || c.done) co_return std::nullopt;
+  if (c.pipe_read < 0) {
+    int fds[2];
+    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) co_return std::nullopt;
+    c.pipe_read = fds[0];
+    c.pipe_write = fds[1];
+    int size = ::fcntl(c.pipe_write, F_SETPIPE_SZ, 1 << 20);
+    c.pipe_capacity = size > 0 ? static_cast<size_t>(size) : 65536;
+  }
+  uint64_t moved = 0;
+  if (c.buffer.size() > 0) {  // body bytes that arrived with the header
+    size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
+    co_await net::async_write(out, net::buffer(c.buffer.data().data(), n), net::use_awaitable);
+    c.buffer.consume(n);
+    c.remaining -= n;
+    moved += n;
+  }
+  tcp::socket& in = plain->socket();
+  in.non_blocking(true);
+  out.non_blocking(true);
+  size_t in_pipe = 0;
+  // Any bytes left in the pipe on an error are dropped with the connection (it is not reused).
+  while (c.remaining > 0 || in_pipe > 0) {
+    if (c.remaining > 0 && in_pipe < c.pipe_capacity) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(c.remaining, c.pipe_capacity - in_pipe));
+      ssize_t n = ::splice(in.native_handle(), nullptr, c.pipe_write, nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        in_pipe += static_cast<size_t>(n);
+        c.remaining -= static_cast<uint64_t>(n);
+      } else if (n == 0) {
+        c.keep_alive = false;
+        throw UpstreamError("upstream closed the connection before the end of the body");
+      } else if (errno == EAGAIN && in_pipe == 0) {
+        co_await wait_ready(in, tcp::socket::wait_read, timeout);
+        continue;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        c.keep_alive = false;
+        throw UpstreamError(std::string("splice from upstream failed: ") + std::strerror(errno));
+      }
+    }
+    if (in_pipe > 0) {
+      ssize_t n = ::splice(c.pipe_read, nullptr, out.native_handle(), nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        in_pipe -= static_cast<size_t>(n);
+        moved += static_cast<uint64_t>(n);
+      } else if (n < 0 && errno == EAGAIN) {
+        co_await wait_ready(out, tcp::socket::wait_write, timeout);
+      } else if (n == 0 || errno != EINTR) {
+        c.keep_alive = false;
+        throw UpstreamError("client connection failed during the transfer");
+      }
+    }
+  }
+  c.done = true;
+  co_return moved;
 }
 
 // --- Client -----------------------------------------------------------------------------------

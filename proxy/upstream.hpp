@@ -9,6 +9,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/http/fields.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -77,6 +78,10 @@ class UpstreamResponse {
   net::awaitable<size_t> read_some(net::mutable_buffer buffer);
   // The whole body, refusing (UpstreamError) more than `limit` bytes.
   net::awaitable<std::string> read_all(uint64_t limit);
+  // Moves the rest of the body to `out` with splice(2), without copying it through user space.
+  // Only for a plain-TCP upstream and a Content-Length body: returns nullopt, having moved
+  // nothing, otherwise. Returns the bytes moved; throws on a short body, an error or a stall.
+  net::awaitable<std::optional<uint64_t>> splice_to(net::ip::tcp::socket& out, Duration timeout);
   // Reads and drops `count` body bytes.
   net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
 

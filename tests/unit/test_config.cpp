@@ -1,1 +1,104 @@
 #include <catch2/catch.hpp>
+#include <fstream>
+
+#include "proxy/config.hpp"
+
+using namespace accel;
+using namespace std::chrono_literals;
+
+TEST_CASE("durations take Go-style units") {
+  CHECK(parse_duration("10s") == 10000ms);
+  CHECK(parse_duration("1500ms") == 1500ms);
+  CHECK(parse_duration("2m") == 120000ms);
+  CHECK(parse_duration("1h") == 3600000ms);
+  CHECK(parse_duration("1m30s") == 90000ms);
+  CHECK(parse_duration("5") == 5000ms);
+  CHECK(parse_duration("0.5s") == 500ms);
+  CHECK_THROWS_AS(parse_duration(""), ConfigError);
+  CHECK_THROWS_AS(parse_duration("10x"), ConfigError);
+  CHECK_THROWS_AS(parse_duration("s"), ConfigError);
+}
+
+TEST_CASE("a full config file parses") {
+  auto c = parse_config_yaml(R"(
+listen: 127.0.0.1:7000
+threads: 2
+cache_dir: /tmp/c
+log_level: warn
+timeouts: {header: 1s, idle: 2s, upstream_connect: 3s, upstream_read: 4s, shutdown: 5s}
+limits: {max_header_bytes: 4096, max_manifest_bytes: 1000, max_body_bytes: 10}
+default_upstream: b
+upstreams:
+  - name: a
+    url: https://reg.example:8443
+    hosts: [reg.example]
+    insecure_skip_verify: true
+    token_proxy: true
+  - name: b
+    url: http://127.0.0.1:5001
+    hosts: [docker.io]
+)");
+  finalize_config(c);
+  CHECK(c.listen_port == 7000);
+  CHECK(c.threads == 2);
+  CHECK(c.timeouts.header == 1000ms);
+  CHECK(c.timeouts.shutdown == 5000ms);
+  CHECK(c.limits.max_manifest_bytes == 1000);
+  REQUIRE(c.upstreams.size() == 2);
+  CHECK(c.upstreams[0].tls());
+  CHECK(c.upstreams[0].port == 8443);
+  CHECK(c.upstreams[0].host_header() == "reg.example:8443");
+  CHECK(c.upstreams[0].token_proxy);
+  CHECK(c.upstreams[1].host_header() == "127.0.0.1:5001");
+  CHECK(c.upstream_for_ns("reg.example").name == "a");
+  CHECK(c.upstream_for_ns("docker.io").name == "b");
+  CHECK(c.upstream_for_ns("unknown.example").name == "b");
+  CHECK(c.upstream_for_ns("").name == "b");
+}
+
+TEST_CASE("the shipped example config is valid") {
+  auto c = load_config_file(ACCEL_SOURCE_DIR "/configs/accel-proxy.yaml");
+  finalize_config(c);
+  CHECK(c.default_upstream == "harbor");
+  CHECK(c.upstreams.size() == 2);
+}
+
+TEST_CASE("flags override the file; --upstream alone is enough") {
+  Config c;
+  apply_overrides(c, {.listen = "127.0.0.1:0", .upstream_url = "http://127.0.0.1:5001", .log_level = "debug", .threads = 1});
+  finalize_config(c);
+  CHECK(c.listen_port == 0);
+  CHECK(c.default_upstream == "default");
+  CHECK(c.upstreams.at(0).port == 5001);
+  CHECK(c.log_level == "debug");
+
+  auto d = parse_config_yaml("upstreams: [{name: x, url: 'http://a:1'}, {name: y, url: 'http://b:2'}]\ndefault_upstream: y\n");
+  apply_overrides(d, {.upstream_url = "http://c:3"});
+  finalize_config(d);
+  CHECK(d.find_upstream("y")->host == "c");
+  CHECK(d.find_upstream("x")->host == "a");
+}
+
+TEST_CASE("mistakes in the config are reported clearly") {
+  auto fails = [](std::string yaml, std::string fragment) {
+    INFO(yaml);
+    try {
+      auto c = parse_config_yaml(yaml);
+      finalize_config(c);
+      FAIL("no error");
+    } catch (const ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+    }
+  };
+  fails("listen: 1.2.3.4:5000\n", "no upstream");
+  fails("lisen: x\n", "unknown key 'lisen'");
+  fails("upstreams: [{url: 'ftp://x'}]\n", "scheme");
+  fails("upstreams: [{url: 'http://x/path'}]\n", "path");
+  fails("upstreams: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]\n", "duplicate");
+  fails("upstreams: [{name: a, url: 'http://x'}]\ndefault_upstream: b\n", "default_upstream");
+  fails("upstreams: [{name: a, url: 'http://x'}]\ntimeouts: {header: soon}\n", "timeouts.header");
+  fails("upstreams: [{name: a, url: 'http://x'}]\nlog_level: loud\n", "log_level");
+  fails("listen: nope\nupstreams: [{url: 'http://x'}]\n", "listen");
+  fails("upstreams: [{url: 'http://x', bogus: 1}]\n", "unknown key 'bogus'");
+  fails("[1, 2", "YAML");
+}

@@ -1,1 +1,28 @@
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "proxy/referrers.hpp"
+
+using namespace accel;
+using nlohmann::json;
+
+TEST_CASE("fallback tag schema") {
+  CHECK(referrers_fallback_tag("sha256:abc") == "sha256-abc");
+}
+
+TEST_CASE("referrers are filtered by artifactType") {
+  std::string index = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1","size":1,"artifactType":"a/sbom"},
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2","size":1,"artifactType":"a/sig"},
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:3","size":1,"artifactType":5}]})";
+  auto all = json::parse(*filter_referrers(index, std::nullopt));
+  CHECK(all["manifests"].size() == 3);
+  auto sbom = json::parse(*filter_referrers(index, std::string("a/sbom")));
+  REQUIRE(sbom["manifests"].size() == 1);
+  CHECK(sbom["manifests"][0]["digest"] == "sha256:1");
+  CHECK(sbom["mediaType"] == kOciIndexMediaType);
+  CHECK(json::parse(*filter_referrers(index, std::string("none")))["manifests"].empty());
+  CHECK_FALSE(filter_referrers("{}", std::nullopt));
+  CHECK_FALSE(filter_referrers("nonsense", std::nullopt));
+  CHECK(json::parse(empty_referrers_index())["manifests"].empty());
+}
