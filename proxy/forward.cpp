@@ -207,9 +207,16 @@ net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& c
   if (limit == UINT64_MAX && client.raw_body() && !response.body_done()) {
     // Zero-copy when both sides are plain TCP: the fast path for blobs.
     co_await client.flush();
-    auto moved = co_await response.splice_to(client.socket(), client.write_timeout());
-    if (moved) {
-      client.count_body(*moved);
+    uint64_t moved = 0;
+    bool spliced = false;
+    try {
+      spliced = co_await response.splice_to(client.socket(), client.write_timeout(), moved);
+    } catch (...) {
+      client.count_body(moved);
+      throw;
+    }
+    if (spliced) {
+      client.count_body(moved);
       co_return;
     }
   }
@@ -252,8 +259,10 @@ void rewrite_challenge(ProxyContext& ctx, const UpstreamConfig& upstream, const 
 
 // --- Range answered by us, for upstreams (or storage) that ignored it ---------------------------
 
-net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_name, const Request& client_request,
-                                  Fetched fetched, const RangeHeader& range, ClientConnection& client) {
+// `origin` and `origin_request` are the request as first sent (before any redirect), for re-reads.
+net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_name, const Endpoint& origin,
+                                  const Request& origin_request, Fetched fetched, const RangeHeader& range,
+                                  ClientConnection& client) {
   auto& first_response = *fetched.response;
   const uint64_t size = *first_response.content_length();
   ResponseHead head = head_from(first_response);
@@ -290,10 +299,9 @@ net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_n
     if (framing) co_await client.write_body(net::buffer(framing->part_headers[i]));
     if (r.first < position) {
       body.reset();
-      Request again = upstream_request(client_request, http::verb::get, std::string(client_request.target()), fetched.endpoint);
+      Request again = origin_request;
       again.set(http::field::range, "bytes=" + std::to_string(r.first) + "-");
-      // client_request.target() may carry ?ns=: the upstream ignores unknown parameters.
-      auto refetched = co_await fetch(ctx, upstream_name, fetched.endpoint, std::move(again));
+      auto refetched = co_await fetch(ctx, upstream_name, origin, std::move(again));
       body = std::move(refetched.response);
       position = 0;
       if (body->status() == 206) {
@@ -339,7 +347,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
 
   Request out = upstream_request(request, request.method(), upstream_path(route) + upstream_query(route), endpoint);
   if (route.kind == RouteKind::blob && range.kind == RangeHeader::Kind::absent) out.erase(http::field::range);
-  Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, std::move(out));
+  Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, out);
   UpstreamResponse& response = *fetched.response;
   const unsigned status = response.status();
   ResponseHead head = head_from(response);
@@ -376,7 +384,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
     case RouteKind::blob:
       if (status == 200 || status == 206) head.set("Accept-Ranges", "bytes");
       if (range.kind == RangeHeader::Kind::ranges && status == 200 && !head_request && response.content_length()) {
-        co_await serve_ranges(ctx, upstream.name, request, std::move(fetched), range, client);
+        co_await serve_ranges(ctx, upstream.name, endpoint, out, std::move(fetched), range, client);
         co_return;
       }
       break;

@@ -1,4 +1,5 @@
 // accel-proxy: command-line entry point.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -88,6 +89,10 @@ int serve(const std::vector<std::string_view>& args) {
   spdlog::set_default_logger(spdlog::stderr_logger_mt("accel-proxy"));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+
+  // A client that hangs up mid-transfer must cost one connection, not the process: splice(2)
+  // and writes report EPIPE instead.
+  std::signal(SIGPIPE, SIG_IGN);
 
   accel::Metrics metrics;
   accel::Server server(config, metrics);

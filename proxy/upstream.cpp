@@ -227,19 +227,18 @@ net::awaitable<void> wait_ready(tcp::socket& socket, tcp::socket::wait_type type
 
 }  // namespace
 
-net::awaitable<std::optional<uint64_t>> UpstreamResponse::splice_to(tcp::socket& out, Duration timeout) {
+net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration timeout, uint64_t& moved) {
   auto& c = *connection_;
   auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
-  if (!plain || !c.raw_body || c.done) co_return std::nullopt;
+  if (!plain || !c.raw_body || c.done) co_return false;
   if (c.pipe_read < 0) {
     int fds[2];
-    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) co_return std::nullopt;
+    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) co_return false;
     c.pipe_read = fds[0];
     c.pipe_write = fds[1];
     int size = ::fcntl(c.pipe_write, F_SETPIPE_SZ, 1 << 20);
     c.pipe_capacity = size > 0 ? static_cast<size_t>(size) : 65536;
   }
-  uint64_t moved = 0;
   if (c.buffer.size() > 0) {  // body bytes that arrived with the header
     size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
     co_await net::async_write(out, net::buffer(c.buffer.data().data(), n), net::use_awaitable);
@@ -284,7 +283,7 @@ net::awaitable<std::optional<uint64_t>> UpstreamResponse::splice_to(tcp::socket&
     }
   }
   c.done = true;
-  co_return moved;
+  co_return true;
 }
 
 // --- Client -----------------------------------------------------------------------------------

@@ -79,9 +79,10 @@ class UpstreamResponse {
   // The whole body, refusing (UpstreamError) more than `limit` bytes.
   net::awaitable<std::string> read_all(uint64_t limit);
   // Moves the rest of the body to `out` with splice(2), without copying it through user space.
-  // Only for a plain-TCP upstream and a Content-Length body: returns nullopt, having moved
-  // nothing, otherwise. Returns the bytes moved; throws on a short body, an error or a stall.
-  net::awaitable<std::optional<uint64_t>> splice_to(net::ip::tcp::socket& out, Duration timeout);
+  // Only for a plain-TCP upstream and a Content-Length body: returns false, having moved
+  // nothing, otherwise. Counts the bytes moved in `moved` (also when it throws, on a short body,
+  // an error or a stall).
+  net::awaitable<bool> splice_to(net::ip::tcp::socket& out, Duration timeout, uint64_t& moved);
   // Reads and drops `count` body bytes.
   net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
 

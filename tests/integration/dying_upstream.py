@@ -1,0 +1,67 @@
+"""A fake upstream registry that breaks a blob download in the middle.
+
+It answers /v2/ like a registry, and a blob GET with `Content-Length: 1000000` followed by
+only 1000 bytes before closing the connection. A proxy must pass that failure on (the
+client's read is incomplete) and never end the response as if it were whole.
+"""
+import hashlib
+import socketserver
+import threading
+
+from ports import free_port
+
+PROMISED = 1_000_000
+SENT = 1000
+DATA = bytes(i % 251 for i in range(PROMISED))
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        request_line = self.rfile.readline().decode("latin-1").strip()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # headers are not needed
+        method, path = (request_line.split(" ") + ["", ""])[:2]
+        if path.split("?")[0] == "/v2/":
+            self._send(200, b"{}", "application/json")
+        elif "/blobs/" in path:
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    f"Content-Length: {PROMISED}\r\nDocker-Content-Digest: {DIGEST}\r\n"
+                    f"Docker-Distribution-API-Version: registry/2.0\r\n"
+                    f"Connection: close\r\n\r\n").encode()
+            self.wfile.write(head)
+            if method == "GET":
+                self.wfile.write(DATA[:SENT])
+            self.wfile.flush()
+            # Returning closes the connection: the body ends 999,000 bytes short.
+        else:
+            self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"fake upstream"}]}',
+                       "application/json")
+
+    def _send(self, status, body, ctype):
+        self.wfile.write((f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\n"
+                          f"Content-Length: {len(body)}\r\n"
+                          f"Docker-Distribution-API-Version: registry/2.0\r\n"
+                          f"Connection: close\r\n\r\n").encode() + body)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class DyingUpstream:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = _Server(("127.0.0.1", self.port), _Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
