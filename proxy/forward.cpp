@@ -34,9 +34,10 @@ void ResponseHead::set(std::string name, std::string value) {
 ClientConnection::ClientConnection(beast::tcp_stream& stream, Duration write_timeout)
     : stream_(stream), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
 
-void ClientConnection::begin(bool head_request, bool keep_alive) {
+void ClientConnection::begin(bool head_request, bool keep_alive, bool http10) {
   head_request_ = head_request;
   keep_alive_ = keep_alive;
+  http10_ = http10;
   head_sent_ = false;
   chunked_ = false;
   status_ = 0;
@@ -59,13 +60,16 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
   }
   if (head.content_length) {
     out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
-  } else if (!bodyless) {
+  } else if (!bodyless && !http10_) {
     out += "Transfer-Encoding: chunked\r\n";
     chunked_ = true;
+  } else if (!bodyless) {
+    keep_alive_ = false;  // HTTP/1.0 has no chunked encoding: the body ends at close
   } else if (head.status != 204 && head.status != 304) {
     out += "Content-Length: 0\r\n";
   }
   if (!keep_alive_) out += "Connection: close\r\n";
+  else if (http10_) out += "Connection: keep-alive\r\n";
   out += "\r\n";
   head_sent_ = true;
   if (bodyless) co_await finish();

@@ -47,8 +47,9 @@ class ClientConnection {
   // `write_timeout`: longest a client may take to accept more of an answer.
   ClientConnection(boost::beast::tcp_stream& stream, Duration write_timeout);
 
-  // Starts a new exchange: `head_request` answers carry no body; `keep_alive` is the client's wish.
-  void begin(bool head_request, bool keep_alive);
+  // Starts a new exchange: `head_request` answers carry no body; `keep_alive` is the client's
+  // wish; an HTTP/1.0 client (`http10`) must be told explicitly that the connection stays open.
+  void begin(bool head_request, bool keep_alive, bool http10 = false);
 
   net::awaitable<void> write_head(const ResponseHead& head);
   net::awaitable<void> write_body(net::const_buffer data);
@@ -77,6 +78,7 @@ class ClientConnection {
   std::string pending_head_;  // sent together with the first body bytes
   bool head_request_ = false;
   bool keep_alive_ = true;
+  bool http10_ = false;
   bool head_sent_ = false;
   bool chunked_ = false;
   unsigned status_ = 0;

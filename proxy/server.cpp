@@ -137,7 +137,7 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
 
     const auto& request = parser.get();
     const auto started = Clock::now();
-    client.begin(request.method() == http::verb::head, request.keep_alive() && !draining);
+    client.begin(request.method() == http::verb::head, request.keep_alive() && !draining, request.version() == 10);
     ExchangeInfo info;
     bool broken = false;
     try {
