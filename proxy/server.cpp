@@ -51,7 +51,8 @@ struct Server::Worker {
       : upstreams(io->get_executor(), config), context{config, metrics, realms, upstreams} {}
   ~Worker() {
     if (thread.joinable()) thread.join();
-    io.reset();  // destroys suspended sessions while `upstreams` still exists
+    upstreams.shutdown();  // pooled sockets close while their io_context still exists
+    io.reset();            // destroys suspended sessions while `upstreams` still exists
   }
 
   net::awaitable<void> accept_loop();

@@ -338,7 +338,13 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(cons
   co_return c;
 }
 
+void UpstreamClient::shutdown() {
+  shut_down_ = true;
+  idle_.clear();
+}
+
 void UpstreamClient::release(std::unique_ptr<UpstreamConnection> connection) {
+  if (shut_down_) return;  // closes it
   auto& idle = idle_[connection->key];
   int limit = 64;
   for (const auto& u : config_.upstreams)

@@ -105,6 +105,10 @@ class UpstreamClient {
   net::awaitable<std::unique_ptr<UpstreamResponse>> send(const Endpoint& endpoint,
                                                           http::request<http::string_body>& request);
 
+  // Closes the pooled connections and stops pooling: call before the io_context goes away, so
+  // no socket outlives the services it is registered with.
+  void shutdown();
+
  private:
   friend class UpstreamResponse;
   net::awaitable<std::unique_ptr<UpstreamConnection>> connect(const Endpoint& endpoint);
@@ -115,6 +119,7 @@ class UpstreamClient {
   const Config& config_;
   std::unique_ptr<TlsContexts> tls_;
   std::map<std::string, std::vector<std::unique_ptr<UpstreamConnection>>> idle_;
+  bool shut_down_ = false;
 };
 
 }  // namespace accel

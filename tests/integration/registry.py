@@ -5,12 +5,16 @@ Modes: "open" (no auth), "htpasswd" (Basic, any valid user may pull and push) an
 environment would override the config file.
 """
 import subprocess
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 import yamlconf
 from ports import free_port
-from process import Service, require_program
+from process import Service, ServiceError, require_program
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
@@ -27,13 +31,16 @@ class TokenAuth:
 
 
 class Registry:
-    def __init__(self, workdir, mode="open", htpasswd_users=None, token=None, name="registry"):
+    def __init__(self, workdir, mode="open", htpasswd_users=None, token=None, name="registry",
+                 tls=None):
+        """tls: optional (certificate path, key path); the registry then serves https only."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self.name = name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.rootdir = self.workdir / "storage"
         self.htpasswd_users = htpasswd_users or {}
         self.token = token
@@ -76,6 +83,9 @@ class Registry:
             "http": {"addr": f"127.0.0.1:{self.port}", "secret": "integration-tests"},
             "auth": self._auth_section(),
         }
+        if self.tls:
+            cert, key = self.tls
+            config["http"]["tls"] = {"certificate": str(cert), "key": str(key)}
         path = self.workdir / "config.yml"
         path.write_text(yamlconf.dump(config))
         return path
@@ -90,11 +100,37 @@ class Registry:
         self.service.start()
         try:
             # Any HTTP answer to /v2/ (200, or 401 with auth) means it is serving.
-            self.service.wait_http(self.url + "/v2/", ready=lambda r: r.status_code in (200, 401))
+            if self.tls:
+                self._wait_https()
+            else:
+                self.service.wait_http(self.url + "/v2/",
+                                       ready=lambda r: r.status_code in (200, 401))
         except Exception:
             self.service.stop()
             raise
         return self
+
+    def _wait_https(self, timeout=20.0):
+        """Like Service.wait_http, but over TLS without verifying (the certificate may name
+        another host on purpose); only "it answers HTTP" matters here."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if not self.service.alive():
+                raise ServiceError(f"{self.name} exited with {self.service.proc.returncode} "
+                                   "while starting:\n" + self.service.log_tail())
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning
+                    resp = requests.get(self.url + "/v2/", timeout=2, verify=False)
+                if resp.status_code in (200, 401):
+                    return
+                last = f"HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} not ready at {self.url} after {timeout}s ({last}):\n"
+                           + self.service.log_tail())
 
     def stop(self):
         if self.service:
