@@ -1,0 +1,338 @@
+#include "convert/estargz.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <openssl/evp.h>
+
+#include "convert/gzip_members.hpp"
+#include "convert/sha256.hpp"
+#include "convert/streams.hpp"
+#include "convert/tar.hpp"
+
+namespace accel::convert {
+
+namespace {
+
+constexpr std::string_view kNoPrefetchLandmark = ".no.prefetch.landmark";
+constexpr std::string_view kPrefetchLandmark = ".prefetch.landmark";
+constexpr char kLandmarkContents = 0x0f;
+// A run of header-only entries (directories, links, empty files) is cut into members of about
+// this size, so memory stays bounded; readers treat extra members as any other.
+constexpr size_t kMaxHeaderMember = 4 << 20;
+constexpr size_t kNoMember = static_cast<size_t>(-1);
+
+// Base name without "./" or "/" prefixes, for recognising entries the writer owns.
+std::string_view clean_name(std::string_view name) {
+  while (name.starts_with("./")) name.remove_prefix(2);
+  while (name.starts_with("/")) name.remove_prefix(1);
+  return name;
+}
+
+std::string rfc3339(int64_t seconds) {
+  if (seconds == 0) return "";  // the reference leaves zero and Unix-0 times out
+  std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  if (!gmtime_r(&t, &tm)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec);
+  return buf;
+}
+
+std::string base64(std::string_view raw) {
+  std::string out(4 * ((raw.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(raw.data()), static_cast<int>(raw.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::string json_string(std::string_view s) {
+  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+const char* toc_type(EntryType t) {
+  switch (t) {
+    case EntryType::regular: return "reg";
+    case EntryType::hardlink: return "hardlink";
+    case EntryType::symlink: return "symlink";
+    case EntryType::char_device: return "char";
+    case EntryType::block_device: return "block";
+    case EntryType::directory: return "dir";
+    case EntryType::fifo: return "fifo";
+  }
+  return "reg";
+}
+
+// One TOC entry; `member` is resolved to a compressed offset once all members are written.
+struct TocRecord {
+  std::string name;
+  const char* type = "reg";
+  uint64_t size = 0;
+  std::string modtime;
+  std::string link_name;
+  uint32_t mode = 0;
+  uint64_t uid = 0, gid = 0;
+  std::string uname, gname;
+  size_t member = kNoMember;
+  uint32_t dev_major = 0, dev_minor = 0;
+  std::map<std::string, std::string> xattrs;
+  std::string digest;
+  uint64_t chunk_offset = 0;
+  uint64_t chunk_size = 0;
+  std::string chunk_digest;
+};
+
+// Field order and omit-empty rules follow the reference's TOCEntry.
+void append_json(std::string& out, const TocRecord& r, const ParallelGzipWriter& gz) {
+  out += "{\"name\":" + json_string(r.name) + ",\"type\":\"" + r.type + "\"";
+  if (r.size) out += ",\"size\":" + std::to_string(r.size);
+  if (!r.modtime.empty()) out += ",\"modtime\":\"" + r.modtime + "\"";
+  if (!r.link_name.empty()) out += ",\"linkName\":" + json_string(r.link_name);
+  if (r.mode) out += ",\"mode\":" + std::to_string(r.mode);
+  if (r.uid) out += ",\"uid\":" + std::to_string(r.uid);
+  if (r.gid) out += ",\"gid\":" + std::to_string(r.gid);
+  if (!r.uname.empty()) out += ",\"userName\":" + json_string(r.uname);
+  if (!r.gname.empty()) out += ",\"groupName\":" + json_string(r.gname);
+  if (r.member != kNoMember) out += ",\"offset\":" + std::to_string(gz.offset_of(r.member));
+  if (r.dev_major) out += ",\"devMajor\":" + std::to_string(r.dev_major);
+  if (r.dev_minor) out += ",\"devMinor\":" + std::to_string(r.dev_minor);
+  if (!r.xattrs.empty()) {
+    out += ",\"xattrs\":{";
+    bool first = true;
+    for (const auto& [k, v] : r.xattrs) {
+      if (!first) out += ',';
+      first = false;
+      out += json_string(k) + ":\"" + base64(v) + "\"";
+    }
+    out += '}';
+  }
+  if (!r.digest.empty()) out += ",\"digest\":\"" + r.digest + "\"";
+  if (r.chunk_offset) out += ",\"chunkOffset\":" + std::to_string(r.chunk_offset);
+  if (r.chunk_size) out += ",\"chunkSize\":" + std::to_string(r.chunk_size);
+  if (!r.chunk_digest.empty()) out += ",\"chunkDigest\":\"" + r.chunk_digest + "\"";
+  out += '}';
+}
+
+class EstargzWriter {
+ public:
+  EstargzWriter(ByteSink& out, const LayerOptions& options)
+      : options_(options), blob_(&out), gz_(blob_, options.compression_level, options.threads) {}
+
+  void add_landmark(std::string_view name) {
+    TarEntry e;
+    e.name = std::string(name);
+    e.size = 1;
+    char content = kLandmarkContents;
+    MemorySource source(&content, 1);
+    add_entry(e, source);
+  }
+
+  // Appends one entry; for regular files its content is read from `content`.
+  void add_entry(const TarEntry& source_entry, ByteSource& content) {
+    TarEntry entry = source_entry;
+    std::erase_if(entry.other_pax, [](const auto& kv) { return kv.first.starts_with("GNU.sparse."); });
+    if (entry.type != EntryType::regular) entry.size = 0;
+    if (member_.size() > kMaxHeaderMember) close_member();
+    append(TarWriter::encode_header(entry));
+
+    TocRecord r;
+    r.name = entry.name;
+    r.type = toc_type(entry.type);
+    r.size = entry.size;
+    r.modtime = rfc3339(entry.mtime.seconds);
+    if (entry.type == EntryType::symlink || entry.type == EntryType::hardlink) r.link_name = entry.link_name;
+    r.mode = entry.mode;
+    r.uid = entry.uid;
+    r.gid = entry.gid;
+    r.uname = entry.uname;
+    r.gname = entry.gname;
+    if (entry.type == EntryType::char_device || entry.type == EntryType::block_device) {
+      r.dev_major = entry.dev_major;
+      r.dev_minor = entry.dev_minor;
+    }
+    r.xattrs = entry.xattrs;
+    if (entry.type != EntryType::regular || entry.size == 0) {
+      toc_.push_back(std::move(r));
+      return;
+    }
+    write_payload(std::move(r), content);
+  }
+
+  struct Result {
+    std::string toc_digest;
+  };
+
+  // Writes the TOC member and the footer.
+  Result finish() {
+    close_member();
+    gz_.flush();  // every member's offset is known from here on
+    std::string toc = "{\"version\":1,\"entries\":[";
+    for (size_t i = 0; i < toc_.size(); ++i) {
+      if (i) toc += ',';
+      append_json(toc, toc_[i], gz_);
+    }
+    toc += "]}";
+
+    TarEntry toc_entry;
+    toc_entry.name = std::string(kEstargzTocName);
+    toc_entry.size = toc.size();
+    append(TarWriter::encode_header(toc_entry));
+    append(toc);
+    append(std::string(padding(toc.size()), '\0'));
+    append(std::string(1024, '\0'));  // end of archive
+    const uint64_t toc_offset = gz_.bytes_written();
+    close_member();
+    gz_.flush();
+    std::string footer = estargz_footer(toc_offset);
+    gz_.write_raw(footer.data(), footer.size());
+    return {Sha256::of(toc)};
+  }
+
+  HashingSink& blob() { return blob_; }
+  HashingSink& uncompressed() { return diff_; }
+
+ private:
+  // Reads a whole buffer from a source whose content length is known.
+  class MemorySource : public ByteSource {
+   public:
+    MemorySource(const char* data, size_t size) : data_(data), size_(size) {}
+    size_t read(void* out, size_t size) override {
+      size_t n = std::min(size, size_ - pos_);
+      std::memcpy(out, data_ + pos_, n);
+      pos_ += n;
+      return n;
+    }
+
+   private:
+    const char* data_;
+    size_t size_, pos_ = 0;
+  };
+
+  static size_t padding(uint64_t size) { return static_cast<size_t>((512 - size % 512) % 512); }
+
+  void append(std::string_view bytes) {
+    member_.append(bytes);
+    diff_.write(bytes.data(), bytes.size());
+  }
+
+  void close_member() {
+    if (member_.empty()) return;
+    gz_.submit(std::move(member_));
+    member_ = std::string();
+    ++submitted_;
+  }
+
+  // The payload starts a new member; each further chunk does too. The member holding the last
+  // chunk stays open for the padding and the headers that follow.
+  void write_payload(TocRecord first, ByteSource& content) {
+    close_member();
+    const uint64_t size = first.size;
+    const bool chunked = size > options_.chunk_size;
+    Sha256 file_hash;
+    const size_t first_index = toc_.size();
+    uint64_t offset = 0;
+    while (offset < size) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(options_.chunk_size, size - offset));
+      const size_t member = submitted_;
+      member_.resize(n);
+      size_t got = 0;
+      while (got < n) {
+        size_t r = content.read(member_.data() + got, n - got);
+        if (r == 0) throw ConvertError("tar entry " + first.name + " ends before its declared size");
+        got += r;
+      }
+      diff_.write(member_.data(), n);
+      std::string chunk_digest = Sha256::of(member_);
+      if (chunked) file_hash.update(member_);
+      TocRecord r;
+      if (offset == 0) {
+        r = std::move(first);
+      } else {
+        r.name = toc_[first_index].name;
+        r.type = "chunk";
+        r.chunk_offset = offset;
+      }
+      r.member = member;
+      r.chunk_digest = chunk_digest;
+      offset += n;
+      if (chunked && offset < size) r.chunk_size = n;  // the last chunk runs to the end of the file
+      if (!chunked) r.digest = chunk_digest;
+      toc_.push_back(std::move(r));
+      if (offset < size) close_member();
+    }
+    if (chunked) {
+      toc_[first_index].digest = file_hash.digest();
+      toc_[first_index].chunk_size = options_.chunk_size;
+    }
+    append(std::string(padding(size), '\0'));
+  }
+
+  const LayerOptions& options_;
+  HashingSink blob_;
+  HashingSink diff_{nullptr};
+  ParallelGzipWriter gz_;
+  std::string member_;
+  size_t submitted_ = 0;
+  std::vector<TocRecord> toc_;
+};
+
+// Gives the content of the reader's current entry.
+class EntryContent : public ByteSource {
+ public:
+  explicit EntryContent(TarReader& reader) : reader_(reader) {}
+  size_t read(void* out, size_t size) override { return reader_.read(out, size); }
+
+ private:
+  TarReader& reader_;
+};
+
+}  // namespace
+
+std::string estargz_footer(uint64_t toc_offset) {
+  std::string f("\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff", 10);
+  f += std::string("\x1a\x00", 2);  // XLEN = 26
+  f += "SG";
+  f += std::string("\x16\x00", 2);  // LEN = 22
+  char offset[17];
+  std::snprintf(offset, sizeof offset, "%016llx", static_cast<unsigned long long>(toc_offset));
+  f += offset;
+  f += "STARGZ";
+  f += std::string("\x01\x00\x00\xff\xff", 5);  // an empty stored deflate block
+  f += std::string(8, '\0');                    // CRC32 and ISIZE of nothing
+  return f;
+}
+
+bool EstargzFormat::is_converted(const nlohmann::json& layer) const {
+  auto a = layer.find("annotations");
+  return a != layer.end() && a->is_object() && a->contains(std::string(kEstargzTocDigestAnnotation));
+}
+
+ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const {
+  if (options.chunk_size == 0) throw ConvertError("estargz: chunk size must be positive");
+  EstargzWriter writer(out, options);
+  TarReader reader(tar);
+  EntryContent content(reader);
+  // Without a prioritized list the reference puts the no-prefetch landmark first.
+  writer.add_landmark(kNoPrefetchLandmark);
+  TarEntry entry;
+  while (reader.next(entry)) {
+    auto name = clean_name(entry.name);
+    if (name == kEstargzTocName || name == kNoPrefetchLandmark || name == kPrefetchLandmark) continue;
+    writer.add_entry(entry, content);
+  }
+  auto result = writer.finish();
+
+  ConvertedLayer layer;
+  layer.digest = writer.blob().digest();
+  layer.size = writer.blob().bytes();
+  layer.diff_id = writer.uncompressed().digest();
+  layer.uncompressed_size = writer.uncompressed().bytes();
+  layer.media_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+  layer.annotations[std::string(kEstargzTocDigestAnnotation)] = result.toc_digest;
+  layer.annotations[std::string(kEstargzUncompressedSizeAnnotation)] = std::to_string(layer.uncompressed_size);
+  return layer;
+}
+
+}  // namespace accel::convert

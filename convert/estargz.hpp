@@ -1,0 +1,25 @@
+// eStargz (stargz-snapshotter's seekable tar.gz): a gzip stream of independent members, one per
+// file payload or chunk, with a JSON TOC as the last tar entry and a 51-byte footer pointing at
+// it. Layout follows stargz-snapshotter/docs/estargz.md; see docs/formats/estargz.md.
+#pragma once
+
+#include "convert/layer_format.hpp"
+
+namespace accel::convert {
+
+inline constexpr std::string_view kEstargzTocDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest";
+inline constexpr std::string_view kEstargzUncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size";
+inline constexpr std::string_view kEstargzTocName = "stargz.index.json";
+inline constexpr size_t kEstargzFooterSize = 51;
+
+class EstargzFormat : public LayerFormat {
+ public:
+  std::string_view name() const override { return "estargz"; }
+  bool is_converted(const nlohmann::json& layer_descriptor) const override;
+  ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const override;
+};
+
+// The footer: an empty gzip member whose extra field names the TOC member's offset.
+std::string estargz_footer(uint64_t toc_offset);
+
+}  // namespace accel::convert

@@ -1,0 +1,260 @@
+#include "convert/streams.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+#include <zstd.h>
+
+namespace accel::convert {
+
+const char* compression_name(Compression c) {
+  switch (c) {
+    case Compression::none: return "none";
+    case Compression::gzip: return "gzip";
+    case Compression::zstd: return "zstd";
+  }
+  return "?";
+}
+
+// --- files ------------------------------------------------------------------------------------
+
+FileSource::FileSource(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw ConvertError("cannot open " + path + ": " + std::strerror(errno));
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);
+}
+
+FileSource::~FileSource() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+size_t FileSource::read(void* out, size_t size) {
+  while (true) {
+    ssize_t n = ::read(fd_, out, size);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno != EINTR) throw ConvertError("cannot read " + path_ + ": " + std::strerror(errno));
+  }
+}
+
+FileSink::FileSink(const std::string& path) : path_(path) {
+  temp_path_ = path + ".tmp-XXXXXX";
+  fd_ = ::mkstemp(temp_path_.data());
+  if (fd_ < 0) throw ConvertError("cannot create a file next to " + path + ": " + std::strerror(errno));
+  buffer_.reserve(1 << 20);
+}
+
+FileSink::~FileSink() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_path_.c_str());
+}
+
+void FileSink::flush() {
+  const char* p = buffer_.data();
+  size_t left = buffer_.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ConvertError("cannot write " + temp_path_ + ": " + std::strerror(errno));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  buffer_.clear();
+}
+
+void FileSink::write(const void* data, size_t size) {
+  if (buffer_.size() + size > buffer_.capacity()) flush();
+  if (size >= buffer_.capacity()) {  // large writes go straight out
+    buffer_.assign(static_cast<const char*>(data), static_cast<const char*>(data) + size);
+    flush();
+    return;
+  }
+  buffer_.insert(buffer_.end(), static_cast<const char*>(data), static_cast<const char*>(data) + size);
+}
+
+void FileSink::commit() {
+  flush();
+  if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0)
+    throw ConvertError("cannot sync " + temp_path_ + ": " + std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0)
+    throw ConvertError("cannot rename into " + path_ + ": " + std::strerror(errno));
+  committed_ = true;
+}
+
+// --- hashing wrappers -------------------------------------------------------------------------
+
+size_t HashingSource::read(void* out, size_t size) {
+  size_t n = inner_.read(out, size);
+  hash_.update(out, n);
+  bytes_ += n;
+  return n;
+}
+
+void HashingSink::write(const void* data, size_t size) {
+  hash_.update(data, size);
+  bytes_ += size;
+  if (inner_) inner_->write(data, size);
+}
+
+void drain(ByteSource& source) {
+  std::vector<char> buf(1 << 16);
+  while (source.read(buf.data(), buf.size()) > 0) {
+  }
+}
+
+// --- decompression ----------------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kInputBuffer = 256 * 1024;
+
+// Buffers input for a decompressor, starting with bytes already read to sniff the format.
+class InputBuffer {
+ public:
+  InputBuffer(ByteSource& source, std::string prefix) : source_(source), buffer_(kInputBuffer) {
+    std::memcpy(buffer_.data(), prefix.data(), prefix.size());
+    end_ = prefix.size();
+  }
+  // Refills when empty; returns false at end of input.
+  bool fill() {
+    if (pos_ < end_) return true;
+    pos_ = 0;
+    end_ = source_.read(buffer_.data(), buffer_.size());
+    return end_ > 0;
+  }
+  const unsigned char* data() const { return reinterpret_cast<const unsigned char*>(buffer_.data()) + pos_; }
+  size_t size() const { return end_ - pos_; }
+  void consume(size_t n) { pos_ += n; }
+
+ private:
+  ByteSource& source_;
+  std::vector<char> buffer_;
+  size_t pos_ = 0, end_ = 0;
+};
+
+class PlainSource : public ByteSource {
+ public:
+  PlainSource(ByteSource& inner, std::string prefix) : inner_(inner), prefix_(std::move(prefix)) {}
+  size_t read(void* out, size_t size) override {
+    if (pos_ < prefix_.size()) {
+      size_t n = std::min(size, prefix_.size() - pos_);
+      std::memcpy(out, prefix_.data() + pos_, n);
+      pos_ += n;
+      return n;
+    }
+    return inner_.read(out, size);
+  }
+
+ private:
+  ByteSource& inner_;
+  std::string prefix_;
+  size_t pos_ = 0;
+};
+
+class GzipSource : public ByteSource {
+ public:
+  GzipSource(ByteSource& inner, std::string prefix) : input_(inner, std::move(prefix)) {
+    std::memset(&z_, 0, sizeof z_);
+    if (inflateInit2(&z_, 16 + MAX_WBITS) != Z_OK) throw ConvertError("gzip: cannot initialise zlib");
+  }
+  ~GzipSource() override { inflateEnd(&z_); }
+
+  size_t read(void* out, size_t size) override {
+    if (finished_ || size == 0) return 0;
+    z_.next_out = static_cast<Bytef*>(out);
+    z_.avail_out = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
+    while (z_.avail_out > 0) {
+      if (member_done_) {
+        // Another member follows, or the stream ends; anything else is corruption.
+        if (!input_.fill()) {
+          finished_ = true;
+          break;
+        }
+        if (input_.size() >= 1 && input_.data()[0] != 0x1f) throw ConvertError("gzip: trailing garbage after the last member");
+        inflateReset(&z_);
+        member_done_ = false;
+      }
+      if (!input_.fill()) throw ConvertError("gzip: truncated stream (unexpected end of input)");
+      z_.next_in = const_cast<Bytef*>(input_.data());
+      z_.avail_in = static_cast<uInt>(input_.size());
+      int rc = inflate(&z_, Z_NO_FLUSH);
+      input_.consume(input_.size() - z_.avail_in);
+      if (rc == Z_STREAM_END) {
+        member_done_ = true;
+      } else if (rc == Z_BUF_ERROR) {
+        continue;  // needs more input
+      } else if (rc != Z_OK) {
+        throw ConvertError(std::string("gzip: corrupt stream: ") + (z_.msg ? z_.msg : "inflate failed"));
+      }
+      if (static_cast<size_t>(z_.next_out - static_cast<Bytef*>(out)) > 0 && z_.avail_out < size / 2) break;
+    }
+    return static_cast<size_t>(z_.next_out - static_cast<Bytef*>(out));
+  }
+
+ private:
+  InputBuffer input_;
+  z_stream z_;
+  bool member_done_ = false;
+  bool finished_ = false;
+};
+
+class ZstdSource : public ByteSource {
+ public:
+  ZstdSource(ByteSource& inner, std::string prefix) : input_(inner, std::move(prefix)), ctx_(ZSTD_createDCtx()) {
+    if (!ctx_) throw ConvertError("zstd: cannot create a decompression context");
+  }
+  ~ZstdSource() override { ZSTD_freeDCtx(ctx_); }
+
+  size_t read(void* out, size_t size) override {
+    ZSTD_outBuffer o{out, size, 0};
+    while (o.pos == 0) {
+      if (!input_.fill()) {
+        if (frame_open_) throw ConvertError("zstd: truncated stream (unexpected end of input)");
+        return 0;
+      }
+      ZSTD_inBuffer in{input_.data(), input_.size(), 0};
+      size_t rc = ZSTD_decompressStream(ctx_, &o, &in);
+      input_.consume(in.pos);
+      if (ZSTD_isError(rc)) throw ConvertError(std::string("zstd: corrupt stream: ") + ZSTD_getErrorName(rc));
+      frame_open_ = rc != 0;
+      if (o.pos == o.size) break;
+    }
+    return o.pos;
+  }
+
+ private:
+  InputBuffer input_;
+  ZSTD_DCtx* ctx_;
+  bool frame_open_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<ByteSource> open_decompressed(ByteSource& compressed, Compression* detected) {
+  std::string prefix(4, '\0');
+  size_t got = 0;
+  while (got < prefix.size()) {
+    size_t n = compressed.read(prefix.data() + got, prefix.size() - got);
+    if (n == 0) break;
+    got += n;
+  }
+  prefix.resize(got);
+  auto byte = [&](size_t i) { return static_cast<unsigned char>(prefix[i]); };
+  Compression c = Compression::none;
+  if (got >= 2 && byte(0) == 0x1f && byte(1) == 0x8b) c = Compression::gzip;
+  else if (got >= 4 && byte(0) == 0x28 && byte(1) == 0xb5 && byte(2) == 0x2f && byte(3) == 0xfd) c = Compression::zstd;
+  if (detected) *detected = c;
+  switch (c) {
+    case Compression::gzip: return std::make_unique<GzipSource>(compressed, std::move(prefix));
+    case Compression::zstd: return std::make_unique<ZstdSource>(compressed, std::move(prefix));
+    default: return std::make_unique<PlainSource>(compressed, std::move(prefix));
+  }
+}
+
+}  // namespace accel::convert
