@@ -142,37 +142,12 @@ net::awaitable<void> send_error(ClientConnection& client, unsigned status, std::
 
 namespace {
 
-struct Fetched {
-  std::unique_ptr<UpstreamResponse> response;
-  Endpoint endpoint;  // where the final answer came from (after redirects)
-};
+using Fetched = UpstreamClient::Fetched;
 
-bool is_redirect(unsigned status) {
-  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
-}
-
-// Sends `request` to `endpoint`, following redirects itself (storage behind a registry, such as
-// S3, is often unreachable for the client, and a client must never be sent there by us).
-net::awaitable<Fetched> fetch(ProxyContext& ctx, std::string_view upstream_name, Endpoint endpoint,
-                              Request request) {
-  for (int hop = 0;; ++hop) {
-    auto started = Clock::now();
-    auto response = co_await ctx.upstreams.send(endpoint, request);
-    double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+net::awaitable<Fetched> fetch(ProxyContext& ctx, std::string_view upstream_name, Endpoint endpoint, Request request) {
+  co_return co_await ctx.upstreams.fetch(std::move(endpoint), std::move(request), [&](double seconds) {
     ctx.metrics.observe("accel_proxy_upstream_request_duration_seconds", {{"upstream", upstream_name}}, seconds);
-    auto method = request.method();
-    if (!is_redirect(response->status()) || hop == 5 || (method != http::verb::get && method != http::verb::head))
-      co_return Fetched{std::move(response), endpoint};
-    auto location = response->headers()[http::field::location];
-    auto next = resolve_url(location, endpoint);
-    if (!next) co_return Fetched{std::move(response), endpoint};
-    // Credentials for the registry are not for the storage it points to.
-    if (next->endpoint.key() != endpoint.key()) request.erase(http::field::authorization);
-    endpoint = next->endpoint;
-    request.target(next->target);
-    request.set(http::field::host, endpoint.host_header());
-    response.reset();  // its body (a short redirect page) is dropped with its connection
-  }
+  });
 }
 
 // The request to send upstream: the client's end-to-end headers, our Host.

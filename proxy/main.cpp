@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "proxy/config.hpp"
+#include "proxy/convert_command.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/server.hpp"
 
@@ -18,6 +19,8 @@ constexpr const char* kUsage = R"(accel-proxy: an OCI registry mirror that serve
 
 Usage:
   accel-proxy serve [options]     run the proxy
+  accel-proxy convert --format F SRC DST   convert an image (see convert --help)
+  accel-proxy convert-layer --format F IN OUT   convert one layer file
   accel-proxy version             print the version
   accel-proxy --help              this text; `accel-proxy serve --help` for the options
 )";
@@ -119,6 +122,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (args[0] == "serve") return serve({args.begin() + 1, args.end()});
+    if (args[0] == "convert") return accel::run_convert_command({args.begin() + 1, args.end()});
+    if (args[0] == "convert-layer") return accel::run_convert_layer_command({args.begin() + 1, args.end()});
     std::fprintf(stderr, "accel-proxy: unknown command '%.*s'\n%s", static_cast<int>(args[0].size()), args[0].data(), kUsage);
     return 2;
   } catch (const accel::ConfigError& e) {

@@ -14,6 +14,7 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/url/parse.hpp>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <variant>
 
@@ -391,6 +392,31 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const End
     if (reused && idempotent && attempt == 0) continue;
     if (failure == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
     throw UpstreamError("upstream " + endpoint.key() + ": " + failure.message());
+  }
+}
+
+}  // namespace accel
+
+namespace accel {
+
+net::awaitable<UpstreamClient::Fetched> UpstreamClient::fetch(Endpoint endpoint, http::request<http::string_body> request,
+                                                              const std::function<void(double)>& on_answer) {
+  for (int hop = 0;; ++hop) {
+    auto started = std::chrono::steady_clock::now();
+    auto response = co_await send(endpoint, request);
+    if (on_answer) on_answer(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    const unsigned status = response->status();
+    const bool redirect = status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+    const auto method = request.method();
+    if (!redirect || hop == 5 || (method != http::verb::get && method != http::verb::head))
+      co_return Fetched{std::move(response), endpoint};
+    auto next = resolve_url(response->headers()[http::field::location], endpoint);
+    if (!next) co_return Fetched{std::move(response), endpoint};
+    if (next->endpoint.key() != endpoint.key()) request.erase(http::field::authorization);
+    endpoint = next->endpoint;
+    request.target(next->target);
+    request.set(http::field::host, endpoint.host_header());
+    response.reset();  // a redirect's short body goes with its connection
   }
 }
 

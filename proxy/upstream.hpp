@@ -14,6 +14,7 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -104,6 +105,16 @@ class UpstreamClient {
   // pooled keep-alive connection turns out to be closed (GET and HEAD only).
   net::awaitable<std::unique_ptr<UpstreamResponse>> send(const Endpoint& endpoint,
                                                           http::request<http::string_body>& request);
+
+  struct Fetched {
+    std::unique_ptr<UpstreamResponse> response;
+    Endpoint endpoint;  // where the final answer came from (after redirects)
+  };
+  // send(), following redirects for GET and HEAD (up to 5): storage behind a registry (S3...)
+  // is often unreachable for our client, and must never be handed to it. Authorization is
+  // dropped when a redirect leaves the host. `on_answer` gets each exchange's latency in seconds.
+  net::awaitable<Fetched> fetch(Endpoint endpoint, http::request<http::string_body> request,
+                                const std::function<void(double)>& on_answer = {});
 
   // Closes the pooled connections and stops pooling: call before the io_context goes away, so
   // no socket outlives the services it is registered with.

@@ -1,0 +1,113 @@
+// The image walk: index -> manifests -> config and layers. It reads an image from an
+// ImageSource, hands each layer to a LayerFormat, rewrites the config's diff_ids, the layer
+// descriptors and the index, and writes the result to an ImageTarget. Formats never see
+// manifests; the walk never sees a format's bytes.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "convert/byte_source.hpp"
+#include "convert/layer_format.hpp"
+
+namespace accel::convert {
+
+namespace media_type {
+inline constexpr const char* oci_manifest = "application/vnd.oci.image.manifest.v1+json";
+inline constexpr const char* oci_index = "application/vnd.oci.image.index.v1+json";
+inline constexpr const char* oci_config = "application/vnd.oci.image.config.v1+json";
+inline constexpr const char* docker_manifest = "application/vnd.docker.distribution.manifest.v2+json";
+inline constexpr const char* docker_list = "application/vnd.docker.distribution.manifest.list.v2+json";
+inline constexpr const char* docker_config = "application/vnd.docker.container.image.v1+json";
+}  // namespace media_type
+
+struct Descriptor {
+  std::string media_type;
+  std::string digest;
+  uint64_t size = 0;
+};
+
+struct ManifestBytes {
+  std::string media_type;
+  std::string bytes;
+  std::string digest;  // sha256 of bytes
+};
+
+// Where an image is read from (a registry, an OCI layout directory).
+class ImageSource {
+ public:
+  virtual ~ImageSource() = default;
+  // By tag or digest. Throws ConvertError when missing.
+  virtual ManifestBytes get_manifest(const std::string& reference) = 0;
+  // The raw blob bytes (the walk checks the digest itself).
+  virtual std::unique_ptr<ByteSource> open_blob(const Descriptor& blob) = 0;
+};
+
+// Where an image is written to. Blobs arrive as finished files; manifests last, children first.
+class ImageTarget {
+ public:
+  virtual ~ImageTarget() = default;
+  virtual bool has_blob(const std::string& digest) = 0;
+  // `path` is a file holding exactly the blob's bytes (already verified against the digest); the
+  // target may move it away.
+  virtual void put_blob(const Descriptor& blob, const std::string& path) = 0;
+  // `tag` is empty for manifests referenced only by digest (children of an index).
+  virtual void put_manifest(const ManifestBytes& manifest, const std::string& tag) = 0;
+};
+
+struct ImageProgress {
+  std::string event;  // "layer-start", "layer-progress", "layer-done", "layer-kept", "manifest-done"
+  std::string digest;
+  uint64_t bytes_in = 0;   // compressed source bytes read so far for this layer
+  uint64_t total_in = 0;   // its size
+  size_t layer = 0, layers = 0;
+};
+
+struct ImageConvertOptions {
+  LayerOptions layer;
+  // "os/arch[/variant]" entries; empty means every platform of an index.
+  std::vector<std::string> platforms;
+  std::string work_dir = "/tmp";  // for temporary blob files
+  std::function<void(const ImageProgress&)> progress;
+  // Tags the variant of an index's children are annotated with, etc. Kept minimal for now.
+};
+
+struct ImageConvertResult {
+  ManifestBytes manifest;  // the new top-level manifest or index
+  bool already_converted = false;  // every layer was already in the format: nothing changed
+  size_t layers_converted = 0, layers_kept = 0;
+  uint64_t bytes_in = 0, bytes_out = 0;  // compressed source read, new blobs written
+};
+
+class ImageConverter {
+ public:
+  ImageConverter(const LayerFormat& format, ImageConvertOptions options);
+
+  ImageConvertResult convert(ImageSource& source, const std::string& reference, ImageTarget& target,
+                             const std::string& target_tag);
+
+ private:
+  struct ManifestResult;
+  ManifestResult convert_manifest(ImageSource& source, const Descriptor& manifest, const ManifestBytes* fetched,
+                                  ImageTarget& target, ImageConvertResult& totals);
+  Descriptor convert_layer(ImageSource& source, const nlohmann::json& layer, const std::string& source_diff_id,
+                           ImageTarget& target, std::string& new_diff_id, nlohmann::json& annotations,
+                           ImageConvertResult& totals, size_t index, size_t count);
+  void copy_blob(ImageSource& source, const Descriptor& blob, ImageTarget& target);
+  void copy_manifest_tree(ImageSource& source, const ManifestBytes& manifest, ImageTarget& target);
+  bool platform_selected(const nlohmann::json& platform) const;
+
+  const LayerFormat& format_;
+  ImageConvertOptions options_;
+};
+
+// Checks a manifest body against the size limit and parses it; throws ConvertError.
+nlohmann::json parse_manifest(const std::string& bytes);
+bool is_index(const std::string& media_type);
+
+}  // namespace accel::convert

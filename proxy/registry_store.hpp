@@ -1,0 +1,44 @@
+// A registry repository as a conversion source or target (`docker://HOST/REPO:TAG`), for the
+// `convert` command: pulls manifests and blobs, pushes blobs (chunked PATCH uploads, never a
+// whole blob in memory) and manifests, and answers 401 challenges with Basic credentials or a
+// token from the registry's token service. Blocking calls over the proxy's own upstream client,
+// which runs on a private io_context thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "auth/credentials.hpp"
+#include "convert/image.hpp"
+
+namespace accel {
+
+struct DockerReference {
+  std::string host;        // "registry.example:5000"
+  std::string repository;  // "library/app"
+  std::string reference;   // tag or digest ("latest" when none was given)
+};
+
+// Parses "HOST/REPO[:TAG|@DIGEST]" (the part after docker://). Throws ConvertError.
+DockerReference parse_docker_reference(std::string_view text);
+
+class RegistryStore : public convert::ImageSource, public convert::ImageTarget {
+ public:
+  // `tls_verify` false means plain http (as skopeo's --tls-verify=false does for local
+  // registries); `push` asks for push rights when a token is needed.
+  RegistryStore(DockerReference location, Credentials credentials, bool tls_verify, bool push);
+  ~RegistryStore() override;
+
+  convert::ManifestBytes get_manifest(const std::string& reference) override;
+  std::unique_ptr<convert::ByteSource> open_blob(const convert::Descriptor& blob) override;
+  bool has_blob(const std::string& digest) override;
+  void put_blob(const convert::Descriptor& blob, const std::string& path) override;
+  void put_manifest(const convert::ManifestBytes& manifest, const std::string& tag) override;
+
+  struct Impl;  // public only so the blob stream in the .cpp can name it
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace accel
