@@ -312,7 +312,10 @@ bool EstargzFormat::is_converted(const nlohmann::json& layer) const {
 ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const {
   if (options.chunk_size == 0) throw ConvertError("estargz: chunk size must be positive");
   EstargzWriter writer(out, options);
-  TarReader reader(tar);
+  TarLimits limits;
+  limits.max_total_bytes = options.max_uncompressed_bytes;
+  limits.max_entry_bytes = options.max_uncompressed_bytes;
+  TarReader reader(tar, limits);
   EntryContent content(reader);
   // Without a prioritized list the reference puts the no-prefetch landmark first.
   writer.add_landmark(kNoPrefetchLandmark);

@@ -20,6 +20,7 @@ struct LayerOptions {
   int compression_level = 6;       // format-specific meaning
   uint64_t chunk_size = 4 << 20;   // eStargz: bytes per chunk of a large file
   std::vector<std::string> prioritized_files;  // eStargz: paths to place first (prefetch)
+  uint64_t max_uncompressed_bytes = uint64_t{64} << 30;  // a layer expanding past this is refused
 };
 
 struct ConvertedLayer {

@@ -41,6 +41,7 @@ Options:
   --chunk-size BYTES         eStargz chunk size (default 4194304)
   --compression-level N      gzip level 1-12 (default 9)
   --work-dir DIR             temporary files (default $TMPDIR or /tmp)
+  --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
   --json                     print a one-line JSON summary instead of text
 )";
 
@@ -48,7 +49,7 @@ constexpr const char* kConvertLayerUsage = R"(Usage: accel-proxy convert-layer -
 
 Converts one layer file (tar, tar+gzip or tar+zstd) into a blob file of FORMAT and prints its
 descriptor facts as JSON (digest, size, diff_id, uncompressed_size, media_type, annotations).
-Options: --threads N, --chunk-size BYTES, --compression-level N
+Options: --threads N, --chunk-size BYTES, --compression-level N, --max-layer-bytes N
 )";
 
 struct Location {
@@ -157,6 +158,8 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
       common.layer.compression_level = static_cast<int>(parse_number(a, take()));
       if (common.layer.compression_level < 1 || common.layer.compression_level > 12)
         throw ConvertError("--compression-level must be 1 to 12");
+    } else if (a == "--max-layer-bytes") {
+      common.layer.max_uncompressed_bytes = parse_number(a, take());
     } else if (a == "--json") {
       common.json = true;
     } else if (std::find(extra_names.begin(), extra_names.end(), a) != extra_names.end()) {
