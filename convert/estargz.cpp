@@ -4,6 +4,8 @@
 #include <cstring>
 #include <ctime>
 #include <openssl/evp.h>
+#include <set>
+#include <unistd.h>
 
 #include "convert/gzip_members.hpp"
 #include "convert/sha256.hpp"
@@ -309,6 +311,40 @@ bool EstargzFormat::is_converted(const nlohmann::json& layer) const {
   return a != layer.end() && a->is_object() && a->contains(std::string(kEstargzTocDigestAnnotation));
 }
 
+namespace {
+
+// The prioritized paths and every directory above them (so parents come before children).
+std::set<std::string, std::less<>> prioritized_set(const std::vector<std::string>& files) {
+  std::set<std::string, std::less<>> out;
+  for (const auto& f : files) {
+    std::string name(clean_name(f));
+    while (!name.empty() && name.back() == '/') name.pop_back();
+    if (name.empty()) continue;
+    out.insert(name);
+    for (size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', slash + 1))
+      out.insert(name.substr(0, slash));
+  }
+  return out;
+}
+
+bool is_prioritized(const std::set<std::string, std::less<>>& set, std::string_view name) {
+  name = clean_name(name);
+  while (!name.empty() && name.back() == '/') name.remove_suffix(1);
+  return set.count(name) > 0;
+}
+
+// Copies the current entry of `reader` into a spool tar.
+void spool_entry(TarWriter& spool, const TarEntry& entry, TarReader& reader) {
+  spool.write_header(entry);
+  if (entry.type == EntryType::regular) {
+    std::vector<char> buf(1 << 20);
+    while (size_t n = reader.read(buf.data(), buf.size())) spool.write_content(buf.data(), n);
+  }
+  spool.pad();
+}
+
+}  // namespace
+
 ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const {
   if (options.chunk_size == 0) throw ConvertError("estargz: chunk size must be positive");
   EstargzWriter writer(out, options);
@@ -317,13 +353,44 @@ ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, cons
   limits.max_entry_bytes = options.max_uncompressed_bytes;
   TarReader reader(tar, limits);
   EntryContent content(reader);
-  // Without a prioritized list the reference puts the no-prefetch landmark first.
-  writer.add_landmark(kNoPrefetchLandmark);
+  auto owned_by_writer = [](std::string_view name) {
+    name = clean_name(name);
+    return name == kEstargzTocName || name == kNoPrefetchLandmark || name == kPrefetchLandmark;
+  };
   TarEntry entry;
-  while (reader.next(entry)) {
-    auto name = clean_name(entry.name);
-    if (name == kEstargzTocName || name == kNoPrefetchLandmark || name == kPrefetchLandmark) continue;
-    writer.add_entry(entry, content);
+  if (options.prioritized_files.empty()) {
+    // Without a prioritized list the reference puts the no-prefetch landmark first.
+    writer.add_landmark(kNoPrefetchLandmark);
+    while (reader.next(entry))
+      if (!owned_by_writer(entry.name)) writer.add_entry(entry, content);
+  } else {
+    // Prioritized entries go first, in stream order; the rest wait in an uncompressed spool
+    // file (never in memory) and follow the prefetch landmark.
+    auto wanted = prioritized_set(options.prioritized_files);
+    std::string spool_path = options.work_dir + "/accel-spool-XXXXXX";
+    int fd = ::mkstemp(spool_path.data());
+    if (fd < 0) throw ConvertError("cannot create a spool file in " + options.work_dir);
+    ::close(fd);
+    struct Remove {
+      std::string path;
+      ~Remove() { ::unlink(path.c_str()); }
+    } remove{spool_path};
+    {
+      FileSink spool_file(spool_path);
+      TarWriter spool(spool_file);
+      while (reader.next(entry)) {
+        if (owned_by_writer(entry.name)) continue;
+        if (is_prioritized(wanted, entry.name)) writer.add_entry(entry, content);
+        else spool_entry(spool, entry, reader);
+      }
+      spool.finish();
+      spool_file.commit();
+    }
+    writer.add_landmark(kPrefetchLandmark);
+    FileSource spooled(spool_path);
+    TarReader rest(spooled);
+    EntryContent rest_content(rest);
+    while (rest.next(entry)) writer.add_entry(entry, rest_content);
   }
   auto result = writer.finish();
 

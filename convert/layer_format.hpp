@@ -21,6 +21,7 @@ struct LayerOptions {
   uint64_t chunk_size = 4 << 20;   // eStargz: bytes per chunk of a large file
   std::vector<std::string> prioritized_files;  // eStargz: paths to place first (prefetch)
   uint64_t max_uncompressed_bytes = uint64_t{64} << 30;  // a layer expanding past this is refused
+  std::string work_dir = "/tmp";  // for spool files (eStargz with prioritized files)
 };
 
 struct ConvertedLayer {

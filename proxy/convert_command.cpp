@@ -42,6 +42,7 @@ Options:
   --compression-level N      gzip level 1-12 (default 9)
   --work-dir DIR             temporary files (default $TMPDIR or /tmp)
   --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
+  --prioritize FILE          eStargz: paths (one per line) to place first, before a .prefetch.landmark
   --json                     print a one-line JSON summary instead of text
 )";
 
@@ -49,7 +50,8 @@ constexpr const char* kConvertLayerUsage = R"(Usage: accel-proxy convert-layer -
 
 Converts one layer file (tar, tar+gzip or tar+zstd) into a blob file of FORMAT and prints its
 descriptor facts as JSON (digest, size, diff_id, uncompressed_size, media_type, annotations).
-Options: --threads N, --chunk-size BYTES, --compression-level N, --max-layer-bytes N
+Options: --threads N, --chunk-size BYTES, --compression-level N, --max-layer-bytes N,
+         --prioritize FILE (eStargz: paths to place first, one per line)
 )";
 
 struct Location {
@@ -158,6 +160,12 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
       common.layer.compression_level = static_cast<int>(parse_number(a, take()));
       if (common.layer.compression_level < 1 || common.layer.compression_level > 12)
         throw ConvertError("--compression-level must be 1 to 12");
+    } else if (a == "--prioritize") {
+      std::string path = take();
+      std::ifstream list(path);
+      if (!list) throw ConvertError("cannot read " + path);
+      for (std::string line; std::getline(list, line);)
+        if (!line.empty()) common.layer.prioritized_files.push_back(line);
     } else if (a == "--max-layer-bytes") {
       common.layer.max_uncompressed_bytes = parse_number(a, take());
     } else if (a == "--json") {
@@ -231,6 +239,7 @@ int run_convert_command(const std::vector<std::string_view>& args) {
     }
     const char* tmp = std::getenv("TMPDIR");
     options.work_dir = !extra["--work-dir"].empty() ? extra["--work-dir"] : tmp ? tmp : "/tmp";
+    options.layer.work_dir = options.work_dir;
     ProgressDisplay display(!common.json && ::isatty(2));
     options.progress = [&](const convert::ImageProgress& p) { display(p); };
 
