@@ -31,8 +31,11 @@ std::string_view clean_name(std::string_view name) {
   return name;
 }
 
-std::string rfc3339(int64_t seconds) {
-  if (seconds == 0) return "";  // the reference leaves zero and Unix-0 times out
+// The TOC's modtime: UTC, to the nearest second (halves round up, as Go's Time.Round does),
+// left out for Unix second 0 like the reference (which checks before rounding).
+std::string rfc3339(const TarTime& time) {
+  if (time.seconds == 0) return "";
+  int64_t seconds = time.seconds + (time.nanoseconds >= 500'000'000 ? 1 : 0);
   std::time_t t = static_cast<std::time_t>(seconds);
   std::tm tm{};
   if (!gmtime_r(&t, &tm)) return "";
@@ -143,7 +146,7 @@ class EstargzWriter {
     r.name = entry.name;
     r.type = toc_type(entry.type);
     r.size = entry.size;
-    r.modtime = rfc3339(entry.mtime.seconds);
+    r.modtime = rfc3339(entry.mtime);
     if (entry.type == EntryType::symlink || entry.type == EntryType::hardlink) r.link_name = entry.link_name;
     r.mode = entry.mode;
     r.uid = entry.uid;

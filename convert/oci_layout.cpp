@@ -79,7 +79,8 @@ ManifestBytes OciLayout::get_manifest(const std::string& reference) {
   if (reference.find(':') != std::string::npos) {
     digest = reference;
   }
-  for (const auto& d : read_index()["manifests"]) {
+  const auto index = read_index();  // a named copy: a temporary would die before the loop runs
+  for (const auto& d : index["manifests"]) {
     bool match = digest.empty() ? d.value("annotations", nlohmann::json::object()).value(kRefName, "") == reference
                                 : d.value("digest", "") == digest;
     if (match) {

@@ -44,7 +44,8 @@ struct TarEntry {
   std::string name;       // as stored (PAX path or GNU long name applied), e.g. "usr/bin/ls", "etc/"
   EntryType type = EntryType::regular;
   std::string link_name;  // hardlink target or symlink target
-  uint32_t mode = 0;      // permission and setuid/setgid/sticky bits (07777)
+  uint32_t mode = 0;      // as stored: permission and setuid/setgid/sticky bits (07777); some
+                          // writers also store file-type bits (0100644), kept like Go does
   uint64_t uid = 0, gid = 0;
   std::string uname, gname;
   TarTime mtime;

@@ -39,9 +39,10 @@ constexpr uint64_t kSafeLookahead = 2 * kBlockSize;
 
 [[noreturn]] void fail(const std::string& message) { throw ConvertError("tar: " + message); }
 
+// A name or value for an error message: shortened, control characters shown as '?'.
 std::string quoted(std::string_view name) {
   std::string out = "'";
-  for (char c : name.substr(0, 200)) out += (c == '\0' ? '?' : c);
+  for (char c : name.substr(0, 200)) out += (static_cast<unsigned char>(c) < 0x20 ? '?' : c);
   if (name.size() > 200) out += "...";
   return out + "'";
 }
@@ -405,7 +406,7 @@ PaxSparse pax_sparse_version(const std::map<std::string, std::string>& records, 
   if (major == "0" && (minor == "0" || minor == "1")) return PaxSparse::v0;
   if (major == "1" && minor == "0") return PaxSparse::v1;
   if (!major.empty() || !minor.empty())
-    fail("unsupported GNU sparse format " + major + "." + minor + " for " + quoted(name));
+    fail("unsupported GNU sparse format " + quoted(major + "." + minor) + " for " + quoted(name));
   if (!get("GNU.sparse.map").empty()) return PaxSparse::v0;  // 0.0 and 0.1 carry no version
   return PaxSparse::none;
 }
@@ -495,7 +496,7 @@ void TarReader::Impl::skip_rest_of_entry() {
   if (!in_entry) return;
   uint64_t want = stored_left + padding;
   if (input.skip(want, want + kSafeLookahead) != want)
-    fail("truncated archive: EOF inside the content of " + quoted(entry_name));
+    fail("truncated archive: EOF inside the content or padding of " + quoted(entry_name));
   stored_left = padding = 0;
   in_entry = sparse = false;
   fragments.clear();
@@ -589,12 +590,12 @@ bool TarReader::Impl::next(TarEntry& out) {
 void TarReader::Impl::apply_pax(const std::map<std::string, std::string>& records, TarEntry& e, int64_t& size) {
   auto number = [&](const std::string& key, const std::string& value) {
     auto n = parse_decimal(value);
-    if (!n || *n < 0) fail("invalid PAX " + key + " value '" + value.substr(0, 40) + "'");
+    if (!n || *n < 0) fail("invalid PAX " + key + " value " + quoted(value.substr(0, 40)));
     return *n;
   };
   auto time = [&](const std::string& key, const std::string& value) {
     auto t = parse_pax_time(value);
-    if (!t) fail("invalid PAX " + key + " value '" + value.substr(0, 40) + "'");
+    if (!t) fail("invalid PAX " + key + " value " + quoted(value.substr(0, 40)));
     return *t;
   };
   for (const auto& [key, value] : records) {

@@ -53,6 +53,7 @@ char* field_at(Block& block, Field f) { return block.data() + f.offset; }
 // after a '/', the trailing slashes are blanked so buggy readers do not take a file for a
 // directory (Go does the same).
 void put_string(Block& block, Field f, std::string_view s) {
+  if (s.empty()) return;  // the block starts zeroed
   char* out = field_at(block, f);
   std::memcpy(out, s.data(), std::min(s.size(), f.size));
   if (s.size() > f.size && out[f.size - 1] == '/') {
