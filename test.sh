@@ -28,14 +28,15 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/unit-t
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j"$jobs" --target fuzz-range fuzz-route fuzz-upstream_json
-for target in range route upstream_json; do
+fuzz_targets=(range route upstream_json tar)
+cmake --build build-fuzz -j"$jobs" --target "${fuzz_targets[@]/#/fuzz-}"
+for target in "${fuzz_targets[@]}"; do
   work=$(mktemp -d)
-  ./build-fuzz/fuzz-$target -max_total_time="${FUZZ_SECONDS:-20}" -max_len=4096 -artifact_prefix="$work/" \
+  ./build-fuzz/fuzz-$target -max_total_time="${FUZZ_SECONDS:-20}" -max_len=65536 -artifact_prefix="$work/" \
     "$work" tests/fuzz/corpus/$target 2>&1 | grep -E '^(Done|==.*ERROR)' || true
-  if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* >/dev/null 2>&1; then
+  if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* >/dev/null 2>&1; then
     echo "fuzz-$target found a failing input:"; ls "$work"; exit 1
   fi
   rm -rf "$work"
 done
-echo "fuzz: 3 passed, 0 failed"
+echo "fuzz: ${#fuzz_targets[@]} passed, 0 failed"

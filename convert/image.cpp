@@ -160,6 +160,17 @@ Descriptor ImageConverter::convert_layer(ImageSource& source, const nlohmann::js
   auto report = [&](const char* event, uint64_t bytes) {
     if (options_.progress) options_.progress({event, in.digest, bytes, in.size, index, count});
   };
+  std::unique_lock<std::mutex> memo_lock;
+  if (options_.layer_memo) {
+    memo_lock = options_.layer_memo->lock(in.digest);
+    if (auto known = options_.layer_memo->find(in.digest); known && target.has_blob(known->digest)) {
+      new_diff_id = known->diff_id;
+      for (const auto& [k, v] : known->annotations) annotations[k] = v;
+      ++totals.layers_reused;
+      report("layer-reused", in.size);
+      return {known->media_type, known->digest, known->size};
+    }
+  }
   report("layer-start", 0);
   TempBlob temp(options_.work_dir);
   auto raw = source.open_blob(in);
@@ -184,6 +195,7 @@ Descriptor ImageConverter::convert_layer(ImageSource& source, const nlohmann::js
   }
   Descriptor result{out.media_type, out.digest, out.size};
   if (!target.has_blob(out.digest)) target.put_blob(result, temp.path());
+  if (options_.layer_memo) options_.layer_memo->remember(in.digest, out);
   new_diff_id = out.diff_id;
   for (const auto& [k, v] : out.annotations) annotations[k] = v;
   totals.bytes_in += in.size;

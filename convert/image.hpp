@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,19 +69,31 @@ struct ImageProgress {
   size_t layer = 0, layers = 0;
 };
 
+// Remembers converted layers across images (a cache), so a layer shared by many images is
+// converted once, also when two conversions want it at the same time.
+class LayerMemo {
+ public:
+  virtual ~LayerMemo() = default;
+  // Held while one source layer is looked up and converted.
+  virtual std::unique_lock<std::mutex> lock(const std::string& source_digest) = 0;
+  virtual std::optional<ConvertedLayer> find(const std::string& source_digest) = 0;
+  virtual void remember(const std::string& source_digest, const ConvertedLayer& layer) = 0;
+};
+
 struct ImageConvertOptions {
   LayerOptions layer;
   // "os/arch[/variant]" entries; empty means every platform of an index.
   std::vector<std::string> platforms;
   std::string work_dir = "/tmp";  // for temporary blob files
   std::function<void(const ImageProgress&)> progress;
+  LayerMemo* layer_memo = nullptr;  // optional
   // Tags the variant of an index's children are annotated with, etc. Kept minimal for now.
 };
 
 struct ImageConvertResult {
   ManifestBytes manifest;  // the new top-level manifest or index
   bool already_converted = false;  // every layer was already in the format: nothing changed
-  size_t layers_converted = 0, layers_kept = 0;
+  size_t layers_converted = 0, layers_kept = 0, layers_reused = 0;
   uint64_t bytes_in = 0, bytes_out = 0;  // compressed source read, new blobs written
 };
 

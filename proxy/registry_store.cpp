@@ -56,19 +56,20 @@ struct RegistryStore::Impl {
   Credentials credentials;
   bool push;
   Config config;
-  UpstreamConfig upstream;
   net::io_context io{1};
   net::executor_work_guard<net::io_context::executor_type> work = net::make_work_guard(io);
   std::unique_ptr<UpstreamClient> client;
   std::thread thread;
-  std::string authorization;  // what answered the last challenge
+  std::string authorization;  // what answered the last challenge (or the client's header)
+  bool fixed_authorization = false;
 
-  Impl(DockerReference loc, Credentials creds, bool tls_verify, bool push_)
-      : location(std::move(loc)), credentials(std::move(creds)), push(push_) {
-    upstream.name = "target";
-    upstream.url = std::string(tls_verify ? "https://" : "http://") + location.host;
-    parse_upstream_url(upstream);
-    config.upstreams.push_back(upstream);
+  explicit Impl(RegistryAccess access)
+      : credentials(std::move(access.credentials)), push(access.push), authorization(std::move(access.authorization)) {
+    fixed_authorization = !authorization.empty();
+    location.host = access.upstream.host_header();
+    location.repository = std::move(access.repository);
+    if (access.upstream.scheme.empty()) parse_upstream_url(access.upstream);
+    config.upstreams.push_back(std::move(access.upstream));
     config.timeouts.upstream_read = std::chrono::minutes(5);
     client = std::make_unique<UpstreamClient>(io.get_executor(), config);
     thread = std::thread([this] { io.run(); });
@@ -129,7 +130,8 @@ struct RegistryStore::Impl {
   // Sends a request, answering one authentication challenge if the registry asks.
   net::awaitable<UpstreamClient::Fetched> exchange(Request r) {
     auto answer = co_await client->fetch(endpoint(), r);
-    if (answer.response->status() == 401 && co_await authorize(*answer.response)) {
+    // A client's own Authorization is used as it is: a 401 then is the client's answer.
+    if (answer.response->status() == 401 && !fixed_authorization && co_await authorize(*answer.response)) {
       answer.response.reset();
       r.set(http::field::authorization, authorization);
       answer = co_await client->fetch(endpoint(), r);
@@ -166,8 +168,19 @@ class BlobStream : public convert::ByteSource {
   std::unique_ptr<UpstreamResponse> response_;
 };
 
+RegistryStore::RegistryStore(RegistryAccess access) : impl_(std::make_unique<Impl>(std::move(access))) {}
+
 RegistryStore::RegistryStore(DockerReference location, Credentials credentials, bool tls_verify, bool push)
-    : impl_(std::make_unique<Impl>(std::move(location), std::move(credentials), tls_verify, push)) {}
+    : RegistryStore([&] {
+        RegistryAccess a;
+        a.upstream.name = "target";
+        a.upstream.url = std::string(tls_verify ? "https://" : "http://") + location.host;
+        parse_upstream_url(a.upstream);
+        a.repository = location.repository;
+        a.credentials = std::move(credentials);
+        a.push = push;
+        return a;
+      }()) {}
 
 RegistryStore::~RegistryStore() = default;
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "auth/credentials.hpp"
+#include "proxy/config.hpp"
 #include "convert/image.hpp"
 
 namespace accel {
@@ -22,10 +23,20 @@ struct DockerReference {
 // Parses "HOST/REPO[:TAG|@DIGEST]" (the part after docker://). Throws ConvertError.
 DockerReference parse_docker_reference(std::string_view text);
 
+// How to reach one repository: the upstream (URL and TLS settings), and whose identity to use.
+struct RegistryAccess {
+  UpstreamConfig upstream;
+  std::string repository;
+  Credentials credentials;    // answers Basic challenges and token requests
+  std::string authorization;  // or: a client's own Authorization header, sent as it is
+  bool push = false;          // ask for push rights when a token is needed
+};
+
 class RegistryStore : public convert::ImageSource, public convert::ImageTarget {
  public:
+  explicit RegistryStore(RegistryAccess access);
   // `tls_verify` false means plain http (as skopeo's --tls-verify=false does for local
-  // registries); `push` asks for push rights when a token is needed.
+  // registries).
   RegistryStore(DockerReference location, Credentials credentials, bool tls_verify, bool push);
   ~RegistryStore() override;
 
