@@ -47,7 +47,12 @@ Local upstream registry: http://127.0.0.1:5001 (docker-registry, data in .run/re
 Push an image to it, then pull it through the proxy, e.g.:
   skopeo copy --dest-tls-verify=false docker-archive:image.tar docker://127.0.0.1:5001/demo/app:1
   skopeo copy --src-tls-verify=false docker://$listen/demo/app:1 dir:/tmp/app
+An eStargz variant of any tag, converted on the first pull (then cached in .run/cache):
+  skopeo copy --src-tls-verify=false docker://$listen/demo/app:1-estargz dir:/tmp/app-estargz
 Metrics: curl http://$listen/metrics
 TEXT
 fi
+has_cache=0
+for a in "$@"; do case "$a" in --cache-dir|--cache-dir=*|--config|--config=*) has_cache=1 ;; esac; done
+[ $has_cache -eq 1 ] || args+=(--cache-dir "$PWD/.run/cache")
 ./build/accel-proxy serve --listen "$listen" "${args[@]}"

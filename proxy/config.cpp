@@ -73,6 +73,36 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   return u;
 }
 
+void parse_variants(const YAML::Node& v, VariantsConfig& out) {
+  check_keys(v, "variants", {"enabled", "suffixes", "header", "on_miss", "wait", "wait_limit", "workers", "queue",
+                             "authorization_ttl", "tag_ttl", "retry_backoff", "cache_max_bytes", "compression_level",
+                             "threads"});
+  if (v["enabled"]) out.enabled = scalar<bool>(v["enabled"], "variants.enabled");
+  if (auto s = v["suffixes"]) {
+    if (!s.IsMap()) fail("variants.suffixes: expected a mapping of format to tag suffix");
+    for (const auto& kv : s) out.suffixes[kv.first.as<std::string>()] = scalar<std::string>(kv.second, "variants.suffixes");
+  }
+  if (v["header"]) out.header = scalar<std::string>(v["header"], "variants.header");
+  if (v["on_miss"]) {
+    auto m = scalar<std::string>(v["on_miss"], "variants.on_miss");
+    if (m == "fallback") out.on_miss = VariantsConfig::OnMiss::fallback;
+    else if (m == "wait") out.on_miss = VariantsConfig::OnMiss::wait;
+    else if (m == "reject") out.on_miss = VariantsConfig::OnMiss::reject;
+    else fail("variants.on_miss must be fallback, wait or reject");
+  }
+  if (v["wait"]) out.wait = duration_at(v["wait"], "variants.wait");
+  if (v["wait_limit"]) out.wait_limit = duration_at(v["wait_limit"], "variants.wait_limit");
+  if (v["workers"]) out.workers = scalar<int>(v["workers"], "variants.workers");
+  if (v["queue"]) out.queue = scalar<int>(v["queue"], "variants.queue");
+  if (v["authorization_ttl"]) out.authorization_ttl = duration_at(v["authorization_ttl"], "variants.authorization_ttl");
+  if (v["tag_ttl"]) out.tag_ttl = duration_at(v["tag_ttl"], "variants.tag_ttl");
+  if (v["retry_backoff"]) out.retry_backoff = duration_at(v["retry_backoff"], "variants.retry_backoff");
+  if (v["cache_max_bytes"]) out.cache_max_bytes = scalar<uint64_t>(v["cache_max_bytes"], "variants.cache_max_bytes");
+  if (v["compression_level"]) out.compression_level = scalar<int>(v["compression_level"], "variants.compression_level");
+  if (v["threads"]) out.threads = scalar<unsigned>(v["threads"], "variants.threads");
+  if (out.workers < 1 || out.queue < 0) fail("variants.workers must be at least 1 and variants.queue not negative");
+}
+
 }  // namespace
 
 std::string UpstreamConfig::host_header() const {
@@ -141,7 +171,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
   Config c;
   if (root.IsNull()) return c;
   check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "timeouts", "limits",
-                              "default_upstream", "upstreams"});
+                              "default_upstream", "upstreams", "variants"});
   if (root["listen"]) parse_listen(scalar<std::string>(root["listen"], "listen"), c);
   if (root["threads"]) c.threads = scalar<int>(root["threads"], "threads");
   if (root["cache_dir"]) c.cache_dir = scalar<std::string>(root["cache_dir"], "cache_dir");
@@ -160,6 +190,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
     if (l["max_manifest_bytes"]) c.limits.max_manifest_bytes = scalar<uint64_t>(l["max_manifest_bytes"], "limits.max_manifest_bytes");
     if (l["max_body_bytes"]) c.limits.max_body_bytes = scalar<uint64_t>(l["max_body_bytes"], "limits.max_body_bytes");
   }
+  if (auto v = root["variants"]) parse_variants(v, c.variants);
   if (root["default_upstream"]) c.default_upstream = scalar<std::string>(root["default_upstream"], "default_upstream");
   if (auto ups = root["upstreams"]) {
     if (!ups.IsSequence()) fail("upstreams: expected a list");

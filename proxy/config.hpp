@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -48,6 +49,24 @@ struct Limits {
   uint64_t max_body_bytes = 1024 * 1024;
 };
 
+// Serving accelerated variants: how clients ask, what a miss does, and the cache's size.
+struct VariantsConfig {
+  bool enabled = true;
+  std::map<std::string, std::string> suffixes{{"estargz", "-estargz"}};  // format -> tag suffix
+  std::string header = "X-Accel-Format";   // a mirror header naming the format for every tag
+  enum class OnMiss { fallback, wait, reject } on_miss = OnMiss::fallback;
+  Duration wait{std::chrono::seconds(30)};              // fallback: how long a pull waits
+  Duration wait_limit{std::chrono::minutes(30)};        // wait: the longest any pull waits
+  int workers = 2;                                      // conversions at once
+  int queue = 64;                                       // conversions waiting for a worker
+  Duration authorization_ttl{std::chrono::seconds(60)}; // a positive upstream check is reused this long
+  Duration tag_ttl{std::chrono::seconds(30)};
+  Duration retry_backoff{std::chrono::seconds(60)};     // after a failed conversion, first retry
+  uint64_t cache_max_bytes = uint64_t{50} << 30;
+  int compression_level = 6;
+  unsigned threads = 0;  // compression threads per conversion, 0: one per core
+};
+
 struct Config {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 5000;
@@ -58,6 +77,7 @@ struct Config {
   Limits limits;
   std::string default_upstream;
   std::vector<UpstreamConfig> upstreams;
+  VariantsConfig variants;
 
   const UpstreamConfig* find_upstream(std::string_view name) const;
   // The upstream for a request: the one listing `ns` among its hosts, else the default.

@@ -39,7 +39,7 @@ Options:
   --dest-tls-verify=false    talk plain http to DST's registry
   --threads N                compression threads (default: one per core; output does not depend on it)
   --chunk-size BYTES         eStargz chunk size (default 4194304)
-  --compression-level N      gzip level 1-12 (default 9)
+  --compression-level N      gzip level 1-12 (default 6)
   --work-dir DIR             temporary files (default $TMPDIR or /tmp)
   --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
   --prioritize FILE          eStargz: paths (one per line) to place first, before a .prefetch.landmark
@@ -133,7 +133,7 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
                                     std::map<std::string, std::string>& extra, const std::vector<std::string>& extra_names) {
   std::vector<std::string> positional;
   common.layer.threads = std::max(1u, std::thread::hardware_concurrency());
-  common.layer.compression_level = 9;
+  common.layer.compression_level = 6;  // chosen by bench/convert: see docs/DECISIONS.md
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a(args[i]), value;
     bool has_value = false;

@@ -1,5 +1,7 @@
 #include "proxy/forward.hpp"
 
+#include "proxy/exchange.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -14,6 +16,7 @@
 #include "proxy/referrers.hpp"
 #include "proxy/route.hpp"
 #include "proxy/tags_page.hpp"
+#include "proxy/variants.hpp"
 
 namespace accel {
 
@@ -113,10 +116,8 @@ net::awaitable<void> ClientConnection::finish() {
 
 // --- Local answers ----------------------------------------------------------------------------
 
-namespace {
-
 net::awaitable<void> send_local(ClientConnection& client, unsigned status, std::string_view content_type,
-                                std::string_view body, ResponseHead head = {}) {
+                                std::string_view body, ResponseHead head) {
   head.status = status;
   head.set("Content-Type", std::string(content_type));
   head.content_length = body.size();
@@ -131,16 +132,12 @@ ResponseHead registry_head() {
   return h;
 }
 
-}  // namespace
-
 net::awaitable<void> send_error(ClientConnection& client, unsigned status, std::string_view code,
                                 std::string_view message) {
   co_await send_local(client, status, "application/json", oci_error_json(code, message), registry_head());
 }
 
 // --- Talking to upstreams ---------------------------------------------------------------------
-
-namespace {
 
 using Fetched = UpstreamClient::Fetched;
 
@@ -182,7 +179,7 @@ ResponseHead head_from(const UpstreamResponse& response) {
   return h;
 }
 
-net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit = UINT64_MAX) {
+net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit) {
   if (limit == UINT64_MAX && client.raw_body() && !response.body_done()) {
     // Zero-copy when both sides are plain TCP: the fast path for blobs.
     co_await client.flush();
@@ -235,6 +232,8 @@ void rewrite_challenge(ProxyContext& ctx, const UpstreamConfig& upstream, const 
     }
   }
 }
+
+namespace {
 
 // --- Range answered by us, for upstreams (or storage) that ignored it ---------------------------
 
@@ -308,10 +307,12 @@ net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_n
 
 // --- Route handlers ---------------------------------------------------------------------------
 
-net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, const Route& route,
+net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, Route route,
                                       ClientConnection& client, ExchangeInfo& info) {
   const auto& upstream = ctx.config.upstream_for_ns(route.query_value("ns").value_or(""));
   info.upstream = upstream.name;
+  // Variants and cached objects first; a miss that falls back re-points `route` at the source.
+  if (co_await handle_variant_request(ctx, request, route, upstream, client, info)) co_return;
   const Endpoint endpoint = endpoint_of(upstream);
   const bool head_request = request.method() == http::verb::head;
 

@@ -24,11 +24,14 @@ namespace accel {
 using Request = http::request<http::string_body>;
 
 // Everything a request handler may use; one per worker thread except the shared parts.
+class Variants;  // proxy/variants.hpp
+
 struct ProxyContext {
   const Config& config;
   Metrics& metrics;
   TokenRealms& realms;
   UpstreamClient& upstreams;
+  Variants* variants = nullptr;  // null when variants are off
 };
 
 // Status line and fields of an answer. Without a content length the body is sent chunked.

@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <string>
@@ -12,6 +13,7 @@
 #include "proxy/convert_command.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/server.hpp"
+#include "proxy/variants.hpp"
 
 namespace {
 
@@ -98,7 +100,9 @@ int serve(const std::vector<std::string_view>& args) {
   std::signal(SIGPIPE, SIG_IGN);
 
   accel::Metrics metrics;
-  accel::Server server(config, metrics);
+  std::unique_ptr<accel::Variants> variants;
+  if (config.variants.enabled) variants = std::make_unique<accel::Variants>(config, metrics);
+  accel::Server server(config, metrics, variants.get());
   uint16_t port = server.bind();
   for (const auto& u : config.upstreams)
     spdlog::info("upstream name={} url={}{}", u.name, u.url, u.name == config.default_upstream ? " default=true" : "");

@@ -47,8 +47,8 @@ struct Server::Worker {
   bool draining = false;                   // touched only on this worker's thread
   std::set<beast::tcp_stream*> idle;       // connections waiting for their next request
 
-  Worker(const Config& config, Metrics& metrics, TokenRealms& realms)
-      : upstreams(io->get_executor(), config), context{config, metrics, realms, upstreams} {}
+  Worker(const Config& config, Metrics& metrics, TokenRealms& realms, Variants* variants)
+      : upstreams(io->get_executor(), config), context{config, metrics, realms, upstreams, variants} {}
   ~Worker() {
     if (thread.joinable()) thread.join();
     upstreams.shutdown();  // pooled sockets close while their io_context still exists
@@ -175,9 +175,9 @@ void Server::Worker::drain() {
   for (auto* stream : idle) stream->socket().cancel(ignored);
 }
 
-Server::Server(const Config& config, Metrics& metrics) : config_(config), metrics_(metrics) {
+Server::Server(const Config& config, Metrics& metrics, Variants* variants) : config_(config), metrics_(metrics) {
   int threads = config.threads > 0 ? config.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>(config, metrics, realms_));
+  for (int i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>(config, metrics, realms_, variants));
   describe_proxy_metrics(metrics);
 }
 

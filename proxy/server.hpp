@@ -11,9 +11,12 @@
 
 namespace accel {
 
+class Variants;
+
 class Server {
  public:
-  Server(const Config& config, Metrics& metrics);
+  // `variants` may be null (variants off); it must outlive the server.
+  Server(const Config& config, Metrics& metrics, Variants* variants = nullptr);
   ~Server();
 
   // Binds the listeners; returns the port (useful with port 0).

@@ -102,3 +102,25 @@ TEST_CASE("mistakes in the config are reported clearly") {
   fails("upstreams: [{url: 'http://x', bogus: 1}]\n", "unknown key 'bogus'");
   fails("[1, 2", "YAML");
 }
+
+TEST_CASE("the variants section parses and is checked") {
+  auto c = parse_config_yaml(R"(
+upstreams: [{url: 'http://a:1'}]
+variants:
+  suffixes: {estargz: _lazy}
+  on_miss: wait
+  wait: 2s
+  workers: 3
+  authorization_ttl: 5s
+  cache_max_bytes: 1000000
+)");
+  finalize_config(c);
+  CHECK(c.variants.suffixes.at("estargz") == "_lazy");
+  CHECK(c.variants.on_miss == VariantsConfig::OnMiss::wait);
+  CHECK(c.variants.wait == 2000ms);
+  CHECK(c.variants.workers == 3);
+  CHECK(c.variants.cache_max_bytes == 1000000);
+  CHECK_THROWS_AS(parse_config_yaml("variants: {on_miss: later}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml("variants: {workers: 0}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml("variants: {bogus: 1}\n"), ConfigError);
+}

@@ -1,0 +1,309 @@
+#include "proxy/conversions.hpp"
+
+#include <chrono>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "convert/formats.hpp"
+#include "convert/image.hpp"
+
+namespace accel {
+
+namespace {
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+const char* state_name(ConversionJob::State s) {
+  switch (s) {
+    case ConversionJob::State::queued: return "queued";
+    case ConversionJob::State::running: return "running";
+    case ConversionJob::State::done: return "done";
+    case ConversionJob::State::failed: return "failed";
+  }
+  return "?";
+}
+
+// Proof that a converted object may be shown to a client of `scope`: the source object it came
+// from, which the client must be able to read upstream ("manifest:<digest>" / "blob:<digest>").
+std::string source_proof(const std::string& kind, const std::string& digest) { return kind + ":" + digest; }
+
+// The conversion's destination: blobs and manifests go into the cache, each recorded as a
+// member of the repository scope it was made for, with the source that proves a client may
+// read it.
+class CacheTarget : public convert::ImageTarget {
+ public:
+  CacheTarget(cache::Cache& cache, std::string scope, std::string proof)
+      : cache_(cache), scope_(std::move(scope)), proof_(std::move(proof)) {}
+
+  bool has_blob(const std::string& digest) override { return cache_.blob(digest).has_value(); }
+
+  void put_blob(const convert::Descriptor& blob, const std::string& path) override {
+    if (!cache_.blob(blob.digest)) cache_.adopt_blob(path, blob.digest, blob.size, blob.media_type);
+    cache_.put_member(scope_, blob.digest, proof_);
+    blobs_.push_back(blob.digest);
+  }
+
+  void put_manifest(const convert::ManifestBytes& manifest, const std::string& tag) override {
+    if (!cache_.blob(manifest.digest)) {
+      auto writer = cache_.begin_blob();
+      writer->write(manifest.bytes.data(), manifest.bytes.size());
+      writer->commit(manifest.media_type, manifest.digest);
+    }
+    cache_.put_member(scope_, manifest.digest, proof_);
+    blobs_.push_back(manifest.digest);
+  }
+
+  const std::vector<std::string>& blobs() const { return blobs_; }
+
+ private:
+  cache::Cache& cache_;
+  std::string scope_, proof_;
+  std::vector<std::string> blobs_;
+};
+
+}  // namespace
+
+// Layer mappings in the cache, with one lock per source layer for single flight.
+class CacheLayerMemo : public convert::LayerMemo {
+ public:
+  CacheLayerMemo(Conversions& owner, cache::Cache& cache, std::string suffix)
+      : owner_(owner), cache_(cache), suffix_(std::move(suffix)) {}
+
+  std::unique_lock<std::mutex> lock(const std::string& source_digest) override {
+    std::shared_ptr<std::mutex> m;
+    {
+      std::lock_guard guard(owner_.layer_locks_mutex_);
+      auto& slot = owner_.layer_locks_[source_digest];
+      if (!slot) slot = std::make_shared<std::mutex>();
+      m = slot;
+      held_.push_back(m);  // keeps the mutex alive while this conversion may hold it
+    }
+    return std::unique_lock<std::mutex>(*m);
+  }
+
+  std::optional<convert::ConvertedLayer> find(const std::string& source_digest) override {
+    auto record = cache_.layer_variant(source_digest + suffix_);
+    if (!record) return std::nullopt;
+    convert::ConvertedLayer layer;
+    layer.digest = record->digest;
+    layer.size = record->size;
+    layer.media_type = record->media_type;
+    layer.diff_id = record->diff_id;
+    layer.annotations = record->annotations;
+    return layer;
+  }
+
+  void remember(const std::string& source_digest, const convert::ConvertedLayer& layer) override {
+    cache::VariantRecord record;
+    record.digest = layer.digest;
+    record.size = layer.size;
+    record.media_type = layer.media_type;
+    record.diff_id = layer.diff_id;
+    record.annotations = layer.annotations;
+    record.blobs = {layer.digest};
+    record.created = unix_now();
+    cache_.put_layer_variant(source_digest + suffix_, record);
+  }
+
+ private:
+  Conversions& owner_;
+  cache::Cache& cache_;
+  std::string suffix_;
+  std::vector<std::shared_ptr<std::mutex>> held_;
+};
+
+std::string ConversionKey::cache_key(const std::string& options) const {
+  return upstream + "/" + repository + "@" + source_digest + "|" + format + "|" + options;
+}
+
+ConversionJob::State ConversionJob::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+std::string ConversionJob::error() const {
+  std::lock_guard lock(mutex_);
+  return error_;
+}
+
+uint64_t ConversionJob::bytes_done() const {
+  std::lock_guard lock(mutex_);
+  return bytes_done_;
+}
+
+void ConversionJob::on_finished(std::function<void()> callback) {
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != State::done && state_ != State::failed) {
+      callbacks_.push_back(std::move(callback));
+      return;
+    }
+  }
+  callback();
+}
+
+void ConversionJob::finish(State state, std::string error) {
+  std::vector<std::function<void()>> callbacks;
+  {
+    std::lock_guard lock(mutex_);
+    state_ = state;
+    error_ = std::move(error);
+    callbacks.swap(callbacks_);
+  }
+  for (auto& c : callbacks) c();
+}
+
+Conversions::Conversions(const Config& config, cache::Cache& cache, Metrics& metrics)
+    : config_(config), cache_(cache), metrics_(metrics) {
+  using T = Metrics::Type;
+  metrics_.describe("accel_proxy_conversions_total", T::counter, "Conversions finished, by format and outcome.");
+  metrics_.describe("accel_proxy_conversion_duration_seconds", T::histogram, "Conversion time, by format.");
+  metrics_.describe("accel_proxy_conversion_bytes_total", T::counter, "Bytes read and written by conversions, by format and direction.");
+  metrics_.describe("accel_proxy_conversion_joins_total", T::counter, "Requests that joined a conversion already under way.");
+  metrics_.describe("accel_proxy_conversion_queue_depth", T::gauge, "Conversions waiting for a worker.");
+  for (int i = 0; i < config.variants.workers; ++i) threads_.emplace_back([this] { worker(); });
+}
+
+Conversions::~Conversions() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  work_ready_.notify_all();
+  for (auto& t : threads_) t.join();
+  // Jobs still queued never ran: let their waiters go.
+  for (auto& job : queue_) job->finish(ConversionJob::State::failed, "the proxy is shutting down");
+}
+
+std::string Conversions::options_key(const std::string& format) const {
+  return "chunk=4194304,level=" + std::to_string(config_.variants.compression_level);
+}
+
+std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access) {
+  const std::string cache_key = key.cache_key(options_key(key.format));
+  std::lock_guard lock(mutex_);
+  if (auto it = active_.find(cache_key); it != active_.end()) {
+    metrics_.add("accel_proxy_conversion_joins_total", {{"format", key.format}});
+    return it->second;
+  }
+  if (auto failure = cache_.failure(cache_key); failure && failure->retry_after > unix_now()) {
+    auto job = std::make_shared<ConversionJob>(key);
+    job->finish(ConversionJob::State::failed, failure->reason + " (retried after backoff)");
+    return job;
+  }
+  if (static_cast<int>(queue_.size()) >= config_.variants.queue) return nullptr;
+  auto job = std::make_shared<ConversionJob>(key);
+  job->access_ = std::move(access);
+  active_[cache_key] = job;
+  queue_.push_back(job);
+  metrics_.set("accel_proxy_conversion_queue_depth", {}, static_cast<double>(queue_.size()));
+  work_ready_.notify_one();
+  return job;
+}
+
+size_t Conversions::queue_depth() const {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
+std::vector<ConversionInfo> Conversions::list() const {
+  std::vector<ConversionInfo> out;
+  std::lock_guard lock(mutex_);
+  auto add = [&](const std::shared_ptr<ConversionJob>& j) {
+    out.push_back({j->key(), state_name(j->state()), j->error(), j->bytes_done()});
+  };
+  for (const auto& [k, j] : active_) add(j);
+  for (const auto& j : finished_) add(j);
+  return out;
+}
+
+void Conversions::worker() {
+  while (true) {
+    std::shared_ptr<ConversionJob> job;
+    {
+      std::unique_lock lock(mutex_);
+      work_ready_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      metrics_.set("accel_proxy_conversion_queue_depth", {}, static_cast<double>(queue_.size()));
+    }
+    {
+      std::lock_guard lock(job->mutex_);
+      job->state_ = ConversionJob::State::running;
+    }
+    run(*job);
+    std::lock_guard lock(mutex_);
+    active_.erase(job->key().cache_key(options_key(job->key().format)));
+    finished_.push_back(job);
+    if (finished_.size() > 100) finished_.pop_front();
+  }
+}
+
+void Conversions::run(ConversionJob& job) {
+  const auto& key = job.key();
+  const std::string cache_key = key.cache_key(options_key(key.format));
+  const auto* format = convert::find_format(key.format);
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    if (!format) throw convert::ConvertError("unknown format " + key.format);
+    RegistryStore source(job.access_);
+    CacheTarget target(cache_, key.scope(), source_proof("manifest", key.source_digest));
+    CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key.format));
+
+    convert::ImageConvertOptions options;
+    options.layer.compression_level = config_.variants.compression_level;
+    options.layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
+    options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
+    options.layer.work_dir = options.work_dir;
+    options.layer_memo = &memo;
+    options.progress = [&](const convert::ImageProgress& p) {
+      if (p.event == "layer-progress" || p.event == "layer-done") {
+        std::lock_guard lock(job.mutex_);
+        job.bytes_done_ = p.bytes_in;
+      }
+    };
+    convert::ImageConverter converter(*format, options);
+    auto result = converter.convert(source, key.source_digest, target, "");
+
+    cache::VariantRecord record;
+    record.digest = result.manifest.digest;
+    record.media_type = result.manifest.media_type;
+    record.size = result.manifest.bytes.size();
+    record.blobs = target.blobs();
+    record.created = unix_now();
+    cache_.put_manifest_variant(cache_key, record);
+    cache_.clear_failure(cache_key);
+    cache_.evict();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "done"}});
+    metrics_.observe("accel_proxy_conversion_duration_seconds", {{"format", key.format}}, seconds);
+    metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "in"}}, static_cast<double>(result.bytes_in));
+    metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "out"}}, static_cast<double>(result.bytes_out));
+    spdlog::info("conversion done upstream={} repo={} source={} format={} result={} layers_converted={} layers_reused={} seconds={:.2f}",
+                 key.upstream, key.repository, key.source_digest, key.format, record.digest, result.layers_converted,
+                 result.layers_reused, seconds);
+    job.finish(ConversionJob::State::done, "");
+  } catch (const std::exception& e) {
+    // Remember the failure, with a backoff that doubles per attempt (capped at an hour).
+    auto previous = cache_.failure(cache_key);
+    cache::FailureRecord failure;
+    failure.reason = e.what();
+    failure.attempts = previous ? previous->attempts + 1 : 1;
+    int64_t backoff = std::chrono::duration_cast<std::chrono::seconds>(config_.variants.retry_backoff).count();
+    for (int i = 1; i < failure.attempts && backoff < 3600; ++i) backoff *= 2;
+    failure.retry_after = unix_now() + std::min<int64_t>(backoff, 3600);
+    try {
+      cache_.put_failure(cache_key, failure);
+    } catch (...) {
+    }
+    metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "failed"}});
+    spdlog::warn("conversion failed upstream={} repo={} source={} format={} error=\"{}\"", key.upstream, key.repository,
+                 key.source_digest, key.format, e.what());
+    job.finish(ConversionJob::State::failed, e.what());
+  }
+}
+
+}  // namespace accel

@@ -1,0 +1,105 @@
+// Conversion on the first miss: a bounded pool of worker threads with a queue, single-flight
+// per image (concurrent requests for the same variant join one job) and per layer (through the
+// cache's layer mappings, so a layer shared by images converts once), failures remembered with
+// backoff. Results land in the variant cache; the HTTP side only ever reads them from there.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cache/cache.hpp"
+#include "proxy/config.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/registry_store.hpp"
+
+namespace accel {
+
+struct ConversionKey {
+  std::string upstream;
+  std::string repository;
+  std::string source_digest;  // the source manifest or index
+  std::string format;
+
+  std::string scope() const { return upstream + "/" + repository; }
+  // The cache key of the converted manifest (options are part of it: other options, other blobs).
+  std::string cache_key(const std::string& options) const;
+};
+
+class ConversionJob {
+ public:
+  enum class State { queued, running, done, failed };
+
+  explicit ConversionJob(ConversionKey key) : key_(std::move(key)) {}
+
+  const ConversionKey& key() const { return key_; }
+  State state() const;
+  std::string error() const;
+  uint64_t bytes_done() const;
+  // Calls `callback` once the job has finished (at once if it has); any thread.
+  void on_finished(std::function<void()> callback);
+
+ private:
+  friend class Conversions;
+  void finish(State state, std::string error);
+
+  ConversionKey key_;
+  RegistryAccess access_;
+  mutable std::mutex mutex_;
+  State state_ = State::queued;
+  std::string error_;
+  uint64_t bytes_done_ = 0;
+  std::vector<std::function<void()>> callbacks_;
+};
+
+struct ConversionInfo {
+  ConversionKey key;
+  std::string state;
+  std::string error;
+  uint64_t bytes_done = 0;
+};
+
+class Conversions {
+ public:
+  Conversions(const Config& config, cache::Cache& cache, Metrics& metrics);
+  ~Conversions();
+
+  // The options part of cache keys for `format` (chunk size, level...).
+  std::string options_key(const std::string& format) const;
+
+  // Starts a conversion, or joins the one already queued or running for the same key. Returns
+  // nullptr when the queue is full, or a failed job when the last attempt failed and its backoff
+  // has not passed.
+  std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access);
+
+  std::vector<ConversionInfo> list() const;
+  size_t queue_depth() const;
+
+ private:
+  void worker();
+  void run(ConversionJob& job);
+
+  const Config& config_;
+  cache::Cache& cache_;
+  Metrics& metrics_;
+  mutable std::mutex mutex_;
+  std::condition_variable work_ready_;
+  std::deque<std::shared_ptr<ConversionJob>> queue_;
+  std::map<std::string, std::shared_ptr<ConversionJob>> active_;      // queued or running, by cache key
+  std::deque<std::shared_ptr<ConversionJob>> finished_;               // recent, for the listing API
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+
+  // Per-layer single flight.
+  std::mutex layer_locks_mutex_;
+  std::map<std::string, std::shared_ptr<std::mutex>> layer_locks_;
+  friend class CacheLayerMemo;
+};
+
+}  // namespace accel

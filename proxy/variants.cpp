@@ -1,0 +1,292 @@
+#include "proxy/variants.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http.hpp>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/sendfile.h>
+#include <unistd.h>
+
+#include "convert/sha256.hpp"
+#include "proxy/exchange.hpp"
+#include "proxy/http_headers.hpp"
+#include "proxy/oci_names.hpp"
+#include "proxy/oci_error.hpp"
+#include "proxy/range.hpp"
+#include "proxy/variant_request.hpp"
+
+namespace accel {
+
+namespace {
+
+constexpr const char* kManifestAccept =
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+
+cache::CacheLimits cache_limits(const Config& config) {
+  cache::CacheLimits l;
+  l.max_bytes = config.variants.cache_max_bytes;
+  return l;
+}
+
+// Moves `length` bytes of a file from `offset` to the client socket with sendfile(2).
+net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
+  auto& socket = client.socket();
+  socket.non_blocking(true);
+  off_t pos = static_cast<off_t>(offset);
+  uint64_t left = length;
+  while (left > 0) {
+    ssize_t n = ::sendfile(socket.native_handle(), fd, &pos, static_cast<size_t>(std::min<uint64_t>(left, 1 << 30)));
+    if (n > 0) {
+      left -= static_cast<uint64_t>(n);
+      client.count_body(static_cast<uint64_t>(n));
+    } else if (n < 0 && errno == EAGAIN) {
+      using namespace net::experimental::awaitable_operators;
+      net::steady_timer timer(socket.get_executor(), client.write_timeout());
+      auto r = co_await (socket.async_wait(net::ip::tcp::socket::wait_write, use_tuple) || timer.async_wait(use_tuple));
+      if (r.index() == 1) throw std::runtime_error("client stalled while receiving a cached blob");
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      throw std::runtime_error(n == 0 ? "cached blob shorter than indexed" : "sendfile failed");
+    }
+  }
+}
+
+// Serves a cached object (manifest or blob) with HEAD, Range and multi-range.
+net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
+                                  const std::string& digest, const char* cache_label) {
+  auto& cache = ctx.variants->cache();
+  auto info = cache.blob(digest);
+  int fd = info ? ::open(cache.blob_path(digest).c_str(), O_RDONLY | O_CLOEXEC) : -1;
+  if (fd < 0) {
+    co_await send_error(client, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+    co_return;
+  }
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+  auto pin = cache.pin(digest);  // not evicted while we send it
+  cache.touch(digest);
+  ctx.metrics.add("accel_proxy_cache_hits_total", {{"kind", cache_label}});
+
+  const uint64_t size = info->size;
+  ResponseHead head = registry_head();
+  head.set("Content-Type", info->media_type.empty() ? "application/octet-stream" : info->media_type);
+  head.set("Docker-Content-Digest", digest);
+  head.set("ETag", "\"" + digest + "\"");
+  head.set("Accept-Ranges", "bytes");
+  const bool head_only = request.method() == http::verb::head;
+  auto range = parse_range_header(request[http::field::range]);
+  if (range.kind == RangeHeader::Kind::invalid) {
+    co_await send_error(client, 416, "RANGE_INVALID", "malformed Range header");
+    co_return;
+  }
+  std::vector<ByteRange> ranges;
+  if (range.kind == RangeHeader::Kind::ranges && !head_only) {
+    ranges = resolve_ranges(range.specs, size);
+    if (ranges.empty()) {
+      ResponseHead err = registry_head();
+      err.set("Content-Range", "bytes */" + std::to_string(size));
+      co_await send_local(client, 416, "application/json", oci_error_json("RANGE_INVALID", "requested range not satisfiable"), err);
+      co_return;
+    }
+  }
+  if (ranges.empty()) {
+    head.content_length = size;
+    co_await client.write_head(head);
+    if (head_only) co_return;
+    co_await client.flush();
+    co_await send_file_range(client, fd, 0, size);
+    co_return;
+  }
+  head.status = 206;
+  if (ranges.size() == 1) {
+    head.set("Content-Range", content_range(ranges[0], size));
+    head.content_length = ranges[0].length();
+    co_await client.write_head(head);
+    co_await client.flush();
+    co_await send_file_range(client, fd, ranges[0].first, ranges[0].length());
+    co_return;
+  }
+  auto framing = frame_multipart(ranges, size, info->media_type.empty() ? "application/octet-stream" : info->media_type,
+                                 make_boundary());
+  head.set("Content-Type", framing.content_type);
+  head.content_length = framing.content_length;
+  co_await client.write_head(head);
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    co_await client.write_body(net::buffer(framing.part_headers[i]));
+    co_await client.flush();
+    co_await send_file_range(client, fd, ranges[i].first, ranges[i].length());
+  }
+  co_await client.write_body(net::buffer(framing.closing));
+  co_await client.finish();
+}
+
+// Asks the upstream whether this client may read `proof` ("manifest:<digest>" or
+// "blob:<digest>") in the repository, with the client's own credentials. On "no" the upstream's
+// answer (401 with its challenge, 403, 404) has been relayed and false is returned.
+net::awaitable<bool> client_may_read(ProxyContext& ctx, const Request& request, const UpstreamConfig& upstream,
+                                     const std::string& repository, const std::string& proof, ClientConnection& client) {
+  auto& grants = ctx.variants->grants();
+  const auto authorization = request[http::field::authorization];
+  if (grants.allowed(authorization, upstream.name, repository)) {
+    ctx.metrics.add("accel_proxy_authorization_checks_total", {{"result", "cached"}});
+    co_return true;
+  }
+  const bool manifest = proof.starts_with("manifest:");
+  const std::string digest = proof.substr(proof.find(':') + 1);
+  const Endpoint endpoint = endpoint_of(upstream);
+  Request check = upstream_request(request, http::verb::head,
+                                   "/v2/" + repository + (manifest ? "/manifests/" : "/blobs/") + digest, endpoint);
+  check.erase(http::field::range);
+  check.set(http::field::accept, kManifestAccept);
+  auto answer = co_await fetch(ctx, upstream.name, endpoint, std::move(check));
+  if (answer.response->status() == 200) {
+    grants.grant(authorization, upstream.name, repository);
+    ctx.metrics.add("accel_proxy_authorization_checks_total", {{"result", "allowed"}});
+    co_return true;
+  }
+  ctx.metrics.add("accel_proxy_authorization_checks_total", {{"result", "denied"}});
+  ResponseHead head = head_from(*answer.response);
+  if (answer.response->status() == 401) rewrite_challenge(ctx, upstream, request, head);
+  // A HEAD answer has no body; give the client a proper error body for the status.
+  const unsigned status = answer.response->status();
+  std::string code = status == 401 ? "UNAUTHORIZED" : status == 403 ? "DENIED" : status == 404 ? "NAME_UNKNOWN" : "UNAVAILABLE";
+  std::string body = oci_error_json(code, "the upstream does not let this client read the source");
+  head.set("Content-Type", "application/json");
+  head.content_length = body.size();
+  std::erase_if(head.fields, [](const auto& f) { return iequals(f.first, "Docker-Content-Digest"); });
+  co_await client.write_head(head);
+  co_await client.write_body(net::buffer(body));
+  co_await client.finish();
+  co_return false;
+}
+
+// Waits until `job` finishes or `limit` passes; true when it finished.
+net::awaitable<bool> wait_for(std::shared_ptr<ConversionJob> job, Duration limit) {
+  auto executor = co_await net::this_coro::executor;
+  auto timer = std::make_shared<net::steady_timer>(executor, limit);
+  job->on_finished([timer, executor] { net::post(executor, [timer] { timer->cancel(); }); });
+  auto [ec] = co_await timer->async_wait(use_tuple);
+  auto state = job->state();
+  co_return state == ConversionJob::State::done || state == ConversionJob::State::failed;
+}
+
+}  // namespace
+
+Variants::Variants(const Config& config, Metrics& metrics)
+    : cache_(config.cache_dir, cache_limits(config)),
+      conversions_(config, cache_, metrics),
+      grants_(config.variants.authorization_ttl) {
+  using T = Metrics::Type;
+  metrics.describe("accel_proxy_cache_hits_total", T::counter, "Variant objects served from the cache, by kind.");
+  metrics.describe("accel_proxy_cache_misses_total", T::counter, "Variant requests that needed a conversion, by format.");
+  metrics.describe("accel_proxy_authorization_checks_total", T::counter, "Upstream read checks before serving cached content, by result.");
+  metrics.describe("accel_proxy_cache_evictions_total", T::counter, "Blobs evicted from the cache.");
+  cache_.on_evict = [&metrics](const std::string&) { metrics.add("accel_proxy_cache_evictions_total", {}); };
+}
+
+net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
+                                            const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info) {
+  if (!ctx.variants) co_return false;
+  auto& cache = ctx.variants->cache();
+  const std::string scope = upstream.name + "/" + route.repository;
+
+  // Anything we made for this repository, asked for by digest (blobs, child manifests, and the
+  // variant manifest itself after a client resolved its tag).
+  if (route.kind == RouteKind::blob || (route.kind == RouteKind::manifest && route.reference_is_digest())) {
+    if (auto proof = cache.member(scope, route.reference)) {
+      if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
+      co_await serve_cached(ctx, request, client, route.reference, route.kind == RouteKind::blob ? "blob" : "manifest");
+      co_return true;
+    }
+  }
+  if (route.kind != RouteKind::manifest) co_return false;
+  auto ask = variant_asked(route.reference, request[ctx.config.variants.header], request[http::field::accept],
+                           ctx.config.variants);
+  if (!ask) co_return false;
+  const Endpoint endpoint = endpoint_of(upstream);
+
+  if (ask->how == VariantAsk::How::tag_suffix) {
+    // The upstream's own tag of that name wins.
+    Request probe = upstream_request(request, http::verb::head, "/v2/" + route.repository + "/manifests/" + route.reference, endpoint);
+    auto answer = co_await fetch(ctx, upstream.name, endpoint, std::move(probe));
+    if (answer.response->status() != 404) co_return false;  // 200 or 401: the ordinary path answers
+  }
+
+  // Resolve the source and check, with the client's credentials, that it may read it.
+  Request resolve = upstream_request(request, http::verb::head, "/v2/" + route.repository + "/manifests/" + ask->source_reference, endpoint);
+  resolve.set(http::field::accept, kManifestAccept);
+  auto resolved = co_await fetch(ctx, upstream.name, endpoint, std::move(resolve));
+  if (resolved.response->status() != 200) {
+    resolved.response.reset();
+    route.reference = ask->source_reference;  // the ordinary path relays the upstream's answer
+    co_return false;
+  }
+  std::string source_digest(resolved.response->headers()["Docker-Content-Digest"]);
+  resolved.response.reset();
+  if (source_digest.empty()) {
+    if (looks_like_digest(ask->source_reference)) {
+      source_digest = ask->source_reference;
+    } else {
+      Request get = upstream_request(request, http::verb::get, "/v2/" + route.repository + "/manifests/" + ask->source_reference, endpoint);
+      get.set(http::field::accept, kManifestAccept);
+      auto body = co_await fetch(ctx, upstream.name, endpoint, std::move(get));
+      source_digest = convert::Sha256::of(co_await body.response->read_all(ctx.config.limits.max_manifest_bytes));
+    }
+  }
+  ctx.variants->grants().grant(request[http::field::authorization], upstream.name, route.repository);
+
+  ConversionKey key{upstream.name, route.repository, source_digest, ask->format};
+  auto& conversions = ctx.variants->conversions();
+  const std::string cache_key = key.cache_key(conversions.options_key(ask->format));
+  auto cached = [&]() -> std::optional<cache::VariantRecord> {
+    auto v = cache.manifest_variant(cache_key);
+    if (v && cache.blob(v->digest)) return v;
+    return std::nullopt;
+  };
+  if (auto v = cached()) {
+    co_await serve_cached(ctx, request, client, v->digest, "manifest");
+    co_return true;
+  }
+
+  ctx.metrics.add("accel_proxy_cache_misses_total", {{"format", ask->format}});
+  RegistryAccess access;
+  access.upstream = upstream;
+  access.repository = route.repository;
+  access.authorization = std::string(request[http::field::authorization]);
+  auto job = conversions.start(key, std::move(access));
+  const auto policy = ctx.config.variants.on_miss;
+  if (job && policy != VariantsConfig::OnMiss::reject)
+    co_await wait_for(job, policy == VariantsConfig::OnMiss::wait ? ctx.config.variants.wait_limit : ctx.config.variants.wait);
+  if (auto v = cached()) {
+    co_await serve_cached(ctx, request, client, v->digest, "manifest");
+    co_return true;
+  }
+  const std::string why = !job ? "conversion queue is full"
+                          : job->state() == ConversionJob::State::failed ? "conversion failed: " + job->error()
+                                                                         : "conversion is still running";
+  if (policy == VariantsConfig::OnMiss::fallback) {
+    // A pull never fails because of conversion: the original image it is.
+    spdlog::info("variant fallback repo={} reference={} format={} reason=\"{}\"", route.repository, route.reference,
+                 ask->format, why);
+    route.reference = ask->source_reference;
+    co_return false;
+  }
+  if (policy == VariantsConfig::OnMiss::reject) {
+    co_await send_error(client, 404, "MANIFEST_UNKNOWN", "variant not converted yet (" + why + ")");
+  } else {
+    co_await send_error(client, 502, "UNAVAILABLE", why);
+  }
+  co_return true;
+}
+
+}  // namespace accel

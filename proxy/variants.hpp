@@ -1,0 +1,36 @@
+// Serving accelerated variants: recognises variant requests (variant_request.hpp), checks with
+// the upstream that the client may read the source, answers from the cache, and on a miss
+// starts (or joins) a conversion and waits as the configured policy says.
+#pragma once
+
+#include <memory>
+
+#include "auth/read_grants.hpp"
+#include "cache/cache.hpp"
+#include "proxy/conversions.hpp"
+#include "proxy/forward.hpp"
+#include "proxy/route.hpp"
+
+namespace accel {
+
+// Shared by all worker threads; owned by main().
+class Variants {
+ public:
+  Variants(const Config& config, Metrics& metrics);
+  cache::Cache& cache() { return cache_; }
+  Conversions& conversions() { return conversions_; }
+  ReadGrants& grants() { return grants_; }
+
+ private:
+  cache::Cache cache_;
+  Conversions conversions_;
+  ReadGrants grants_;
+};
+
+// Answers the request if it concerns a variant or a cached object and returns true; otherwise
+// returns false and the request is forwarded as usual (`route` may then have been pointed at the
+// source image, when a miss falls back to it).
+net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
+                                            const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info);
+
+}  // namespace accel
