@@ -55,7 +55,7 @@ void parse_listen(const std::string& listen, Config& config) {
 UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   std::string where = "upstreams[" + std::to_string(index) + "]";
   check_keys(node, where, {"name", "url", "hosts", "ca_file", "insecure_skip_verify", "token_proxy",
-                           "max_idle_connections"});
+                           "max_idle_connections", "robot"});
   UpstreamConfig u;
   if (!node["url"]) fail(where + ": 'url' is required");
   u.url = scalar<std::string>(node["url"], where + ".url");
@@ -70,6 +70,11 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   if (node["token_proxy"]) u.token_proxy = scalar<bool>(node["token_proxy"], where + ".token_proxy");
   if (node["max_idle_connections"])
     u.max_idle_connections = scalar<int>(node["max_idle_connections"], where + ".max_idle_connections");
+  if (auto robot = node["robot"]) {
+    check_keys(robot, where + ".robot", {"username", "password"});
+    if (robot["username"]) u.robot_username = scalar<std::string>(robot["username"], where + ".robot.username");
+    if (robot["password"]) u.robot_password = scalar<std::string>(robot["password"], where + ".robot.password");
+  }
   return u;
 }
 
@@ -101,6 +106,23 @@ void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   if (v["compression_level"]) out.compression_level = scalar<int>(v["compression_level"], "variants.compression_level");
   if (v["threads"]) out.threads = scalar<unsigned>(v["threads"], "variants.threads");
   if (out.workers < 1 || out.queue < 0) fail("variants.workers must be at least 1 and variants.queue not negative");
+}
+
+void parse_webhooks(const YAML::Node& w, WebhooksConfig& out) {
+  check_keys(w, "webhooks", {"secret", "upstream", "rules"});
+  if (w["secret"]) out.secret = scalar<std::string>(w["secret"], "webhooks.secret");
+  if (w["upstream"]) out.upstream = scalar<std::string>(w["upstream"], "webhooks.upstream");
+  if (auto rules = w["rules"]) {
+    if (!rules.IsSequence()) fail("webhooks.rules: expected a list");
+    for (size_t i = 0; i < rules.size(); ++i) {
+      std::string where = "webhooks.rules[" + std::to_string(i) + "]";
+      check_keys(rules[i], where, {"repositories", "formats"});
+      WebhookRule rule;
+      for (const auto& r : rules[i]["repositories"]) rule.repositories.push_back(scalar<std::string>(r, where + ".repositories"));
+      for (const auto& f : rules[i]["formats"]) rule.formats.push_back(scalar<std::string>(f, where + ".formats"));
+      out.rules.push_back(std::move(rule));
+    }
+  }
 }
 
 }  // namespace
@@ -171,7 +193,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
   Config c;
   if (root.IsNull()) return c;
   check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "timeouts", "limits",
-                              "default_upstream", "upstreams", "variants"});
+                              "default_upstream", "upstreams", "variants", "webhooks"});
   if (root["listen"]) parse_listen(scalar<std::string>(root["listen"], "listen"), c);
   if (root["threads"]) c.threads = scalar<int>(root["threads"], "threads");
   if (root["cache_dir"]) c.cache_dir = scalar<std::string>(root["cache_dir"], "cache_dir");
@@ -191,6 +213,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
     if (l["max_body_bytes"]) c.limits.max_body_bytes = scalar<uint64_t>(l["max_body_bytes"], "limits.max_body_bytes");
   }
   if (auto v = root["variants"]) parse_variants(v, c.variants);
+  if (auto w = root["webhooks"]) parse_webhooks(w, c.webhooks);
   if (root["default_upstream"]) c.default_upstream = scalar<std::string>(root["default_upstream"], "default_upstream");
   if (auto ups = root["upstreams"]) {
     if (!ups.IsSequence()) fail("upstreams: expected a list");
@@ -238,6 +261,11 @@ void finalize_config(Config& c) {
   }
   if (c.default_upstream.empty()) c.default_upstream = c.upstreams.front().name;
   if (!c.find_upstream(c.default_upstream)) fail("default_upstream '" + c.default_upstream + "' is not a configured upstream");
+  if (c.webhooks.upstream.empty()) c.webhooks.upstream = c.default_upstream;
+  if (!c.find_upstream(c.webhooks.upstream)) fail("webhooks.upstream '" + c.webhooks.upstream + "' is not a configured upstream");
+  for (const auto& rule : c.webhooks.rules)
+    for (const auto& f : rule.formats)
+      if (!c.variants.suffixes.count(f)) fail("webhooks.rules: unknown format '" + f + "'");
   static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (!levels.count(c.log_level)) fail("log_level must be one of trace, debug, info, warn, error, off");
   if (c.threads < 0 || c.threads > 256) fail("threads must be between 0 and 256");

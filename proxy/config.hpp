@@ -29,6 +29,8 @@ struct UpstreamConfig {
   bool insecure_skip_verify = false;
   bool token_proxy = false;
   int max_idle_connections = 64;
+  // A robot account for conversions no client asked for (webhooks).
+  std::string robot_username, robot_password;
 
   bool tls() const { return scheme == "https"; }
   // "host" or "host:port" when the port is not the scheme's default: the Host header to send.
@@ -67,6 +69,17 @@ struct VariantsConfig {
   unsigned threads = 0;  // compression threads per conversion, 0: one per core
 };
 
+// Pre-conversion on push (Harbor webhooks, distribution notifications).
+struct WebhookRule {
+  std::vector<std::string> repositories;  // globs: * within a segment, ** across
+  std::vector<std::string> formats;
+};
+struct WebhooksConfig {
+  std::string secret;    // the exact Authorization header every webhook must carry; empty: webhooks off
+  std::string upstream;  // the upstream the events come from (default: default_upstream)
+  std::vector<WebhookRule> rules;
+};
+
 struct Config {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 5000;
@@ -78,6 +91,7 @@ struct Config {
   std::string default_upstream;
   std::vector<UpstreamConfig> upstreams;
   VariantsConfig variants;
+  WebhooksConfig webhooks;
 
   const UpstreamConfig* find_upstream(std::string_view name) const;
   // The upstream for a request: the one listing `ns` among its hosts, else the default.

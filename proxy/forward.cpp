@@ -534,6 +534,13 @@ net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, C
         }
         co_await forward_token(ctx, request, route, client, info);
         co_return;
+      case RouteKind::webhook_harbor:
+      case RouteKind::webhook_registry:
+        co_await handle_webhook(ctx, request, route, client);
+        co_return;
+      case RouteKind::conversions_api:
+        co_await handle_conversions_api(ctx, request, client);
+        co_return;
       case RouteKind::blob_upload:
         co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
         co_return;

@@ -96,6 +96,9 @@ std::string_view route_label(RouteKind kind) {
     case RouteKind::readyz: return "readyz";
     case RouteKind::metrics: return "metrics";
     case RouteKind::token: return "token";
+    case RouteKind::webhook_harbor: return "webhook_harbor";
+    case RouteKind::webhook_registry: return "webhook_registry";
+    case RouteKind::conversions_api: return "conversions_api";
     case RouteKind::not_found: return "not_found";
     case RouteKind::invalid: return "invalid";
   }
@@ -133,6 +136,12 @@ Route parse_route(std::string_view target) {
     r.kind = RouteKind::readyz;
   } else if (path == "/metrics") {
     r.kind = RouteKind::metrics;
+  } else if (path == "/hooks/harbor") {
+    r.kind = RouteKind::webhook_harbor;
+  } else if (path == "/hooks/registry") {
+    r.kind = RouteKind::webhook_registry;
+  } else if (path == "/api/conversions") {
+    r.kind = RouteKind::conversions_api;
   } else if (path.starts_with("/auth/token/")) {
     std::string_view name = path.substr(12);
     if (name.empty() || name.find('/') != std::string_view::npos) return r;

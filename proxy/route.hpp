@@ -22,6 +22,9 @@ enum class RouteKind {
   readyz,      // GET /readyz
   metrics,     // GET /metrics
   token,       // /auth/token/<upstream name>: forwarded to that upstream's token service
+  webhook_harbor,    // POST /hooks/harbor
+  webhook_registry,  // POST /hooks/registry (distribution notifications)
+  conversions_api,   // GET /api/conversions
   not_found,
   invalid,     // a registry route with a bad name, digest or reference: see error_*
 };

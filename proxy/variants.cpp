@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 #include <fcntl.h>
+#include <set>
 #include <spdlog/spdlog.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
@@ -19,6 +20,8 @@
 #include "proxy/oci_error.hpp"
 #include "proxy/range.hpp"
 #include "proxy/variant_request.hpp"
+#include "proxy/webhooks.hpp"
+#include <nlohmann/json.hpp>
 
 namespace accel {
 
@@ -63,8 +66,16 @@ net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t 
 net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
                                   const std::string& digest, const char* cache_label) {
   auto& cache = ctx.variants->cache();
+  auto pin = cache.pin(digest);  // first: a pinned blob is not evicted while we send it
   auto info = cache.blob(digest);
-  int fd = info ? ::open(cache.blob_path(digest).c_str(), O_RDONLY | O_CLOEXEC) : -1;
+  int fd = -1;
+  if (info) {
+    try {
+      fd = ::open(cache.blob_path(digest).c_str(), O_RDONLY | O_CLOEXEC);
+    } catch (const cache::CacheError&) {
+      fd = -1;
+    }
+  }
   if (fd < 0) {
     co_await send_error(client, 404, "BLOB_UNKNOWN", "blob unknown to registry");
     co_return;
@@ -73,7 +84,6 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
     int fd;
     ~Close() { ::close(fd); }
   } close_fd{fd};
-  auto pin = cache.pin(digest);  // not evicted while we send it
   cache.touch(digest);
   ctx.metrics.add("accel_proxy_cache_hits_total", {{"kind", cache_label}});
 
@@ -271,9 +281,9 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
     co_await serve_cached(ctx, request, client, v->digest, "manifest");
     co_return true;
   }
-  const std::string why = !job ? "conversion queue is full"
-                          : job->state() == ConversionJob::State::failed ? "conversion failed: " + job->error()
-                                                                         : "conversion is still running";
+  std::string why = std::string("conversion is still running");
+  if (!job) why = std::string("conversion queue is full");
+  else if (job->state() == ConversionJob::State::failed) why = "conversion failed: " + job->error();
   if (policy == VariantsConfig::OnMiss::fallback) {
     // A pull never fails because of conversion: the original image it is.
     spdlog::info("variant fallback repo={} reference={} format={} reason=\"{}\"", route.repository, route.reference,
@@ -287,6 +297,109 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
     co_await send_error(client, 502, "UNAVAILABLE", why);
   }
   co_return true;
+}
+
+namespace {
+
+// Webhooks and the API carry no registry credentials: a shared secret guards them.
+bool secret_ok(const ProxyContext& ctx, const Request& request) {
+  const auto& secret = ctx.config.webhooks.secret;
+  auto given = request[http::field::authorization];
+  if (secret.empty() || given.size() != secret.size()) return false;
+  unsigned char diff = 0;  // constant time: the secret is not to be guessed byte by byte
+  for (size_t i = 0; i < secret.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ secret[i]);
+  return diff == 0;
+}
+
+// Starts what the rules ask for each pushed image; returns the JSON answer. (A plain function:
+// GCC 12 miscompiles some brace-initialised JSON inside coroutines.)
+std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEvent>& events) {
+  const auto& upstream = *ctx.config.find_upstream(ctx.config.webhooks.upstream);
+  nlohmann::json accepted = nlohmann::json::array();
+  for (const auto& event : events) {
+    if (!is_valid_repository(event.repository) || !is_valid_digest(event.digest)) continue;
+    std::set<std::string> formats;
+    for (const auto& rule : ctx.config.webhooks.rules)
+      for (const auto& pattern : rule.repositories)
+        if (repository_matches(pattern, event.repository)) formats.insert(rule.formats.begin(), rule.formats.end());
+    for (const auto& format : formats) {
+      ConversionKey key{upstream.name, event.repository, event.digest, format};
+      auto& conversions = ctx.variants->conversions();
+      std::string state = "cached";
+      if (!ctx.variants->cache().manifest_variant(key.cache_key(conversions.options_key(format)))) {
+        RegistryAccess access;
+        access.upstream = upstream;
+        access.repository = event.repository;
+        access.credentials = {upstream.robot_username, upstream.robot_password};
+        auto job = conversions.start(key, std::move(access));
+        if (!job) state = std::string("rejected: queue full");
+        else if (job->state() == ConversionJob::State::failed) state = "failed: " + job->error();
+        else state = std::string("queued");
+      }
+      accepted.push_back({{"repository", event.repository}, {"digest", event.digest}, {"tag", event.tag},
+                          {"format", format}, {"state", state}});
+    }
+  }
+  return nlohmann::json{{"conversions", accepted}}.dump();
+}
+
+std::string conversions_listing(ProxyContext& ctx) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& c : ctx.variants->conversions().list())
+    list.push_back({{"upstream", c.key.upstream},
+                    {"repository", c.key.repository},
+                    {"source", c.key.source_digest},
+                    {"format", c.key.format},
+                    {"state", c.state},
+                    {"error", c.error},
+                    {"bytes_done", c.bytes_done}});
+  return nlohmann::json{{"conversions", list}, {"queue_depth", ctx.variants->conversions().queue_depth()}}.dump();
+}
+
+}  // namespace
+
+net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client) {
+  if (!ctx.variants || ctx.config.webhooks.secret.empty()) {
+    co_await send_error(client, 404, "UNSUPPORTED", "webhooks are not configured");
+    co_return;
+  }
+  if (request.method() != http::verb::post) {
+    co_await send_error(client, 405, "UNSUPPORTED", "webhooks are POST requests");
+    co_return;
+  }
+  if (!secret_ok(ctx, request)) {
+    co_await send_error(client, 401, "UNAUTHORIZED", "missing or wrong webhook secret");
+    co_return;
+  }
+  std::vector<PushEvent> events;
+  std::string malformed;
+  try {
+    events = route.kind == RouteKind::webhook_harbor ? parse_harbor_webhook(request.body(), request["Ce-Type"])
+                                                     : parse_registry_notification(request.body());
+  } catch (const std::exception& e) {
+    malformed = e.what();
+  }
+  if (!malformed.empty()) {
+    co_await send_error(client, 400, "UNSUPPORTED", "malformed webhook payload: " + malformed);
+    co_return;
+  }
+  std::string answer = start_pushed_conversions(ctx, events);
+  ResponseHead head;
+  head.status = 202;
+  co_await send_local(client, 202, "application/json", answer, head);
+}
+
+net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& request, ClientConnection& client) {
+  if (!ctx.variants) {
+    co_await send_error(client, 404, "UNSUPPORTED", "variants are off");
+    co_return;
+  }
+  if (!ctx.config.webhooks.secret.empty() && !secret_ok(ctx, request)) {
+    co_await send_error(client, 401, "UNAUTHORIZED", "missing or wrong secret");
+    co_return;
+  }
+  std::string listing = conversions_listing(ctx);
+  co_await send_local(client, 200, "application/json", listing);
 }
 
 }  // namespace accel

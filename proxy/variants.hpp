@@ -33,4 +33,10 @@ class Variants {
 net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
                                             const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info);
 
+// POST /hooks/harbor and /hooks/registry: start the conversions the webhook rules ask for.
+net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client);
+
+// GET /api/conversions: the conversions queued, running and recently finished.
+net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& request, ClientConnection& client);
+
 }  // namespace accel

@@ -121,9 +121,10 @@ std::optional<std::string> write_blob(Cache& cache, std::mt19937_64& random, Byt
   return writer->commit("application/test");
 }
 
-// Writes a file next to the store and adopts it (the other way blobs enter the cache).
-std::string adopt_blob(Cache& cache, const std::string& dir, ByteGenerator& bytes, size_t size) {
-  std::string path = dir + "/adopt.tmp";
+// Writes a file in the cache's temporary directory and adopts it (the other way blobs enter
+// the cache); a file left there by a kill is removed when the cache is opened.
+std::string adopt_blob(Cache& cache, ByteGenerator& bytes, size_t size) {
+  std::string path = cache.temp_dir() + "/adopt";
   {
     UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (fd.get() < 0) die("cannot create " + path);
@@ -157,14 +158,14 @@ void try_put(const char* what, Put&& put) {
   }
 }
 
-void write_forever(Cache& cache, const std::string& dir, uint64_t seed, RecentBlobs& recent) {
+void write_forever(Cache& cache, uint64_t seed, RecentBlobs& recent) {
   std::mt19937_64 random(seed);
   ByteGenerator bytes(seed * 7919);
   std::uniform_int_distribution<size_t> blob_size(kMinBlob, kMaxBlob);
   for (uint64_t round = 0;; ++round) {
     size_t size = blob_size(random);
     std::optional<std::string> digest =
-        round % 7 == 3 ? adopt_blob(cache, dir, bytes, size) : write_blob(cache, random, bytes, size);
+        round % 7 == 3 ? adopt_blob(cache, bytes, size) : write_blob(cache, random, bytes, size);
     if (!digest) continue;
     say("commit " + *digest);
     recent.add(*digest);
@@ -206,7 +207,6 @@ int work(const std::string& dir, uint64_t seed) {
   limits.map_size = 64 * 1024;  // small, so that kills also land while the map grows
   limits.gc_grace = std::chrono::seconds(1);
   Cache cache(dir, limits);
-  ::unlink((dir + "/adopt.tmp").c_str());  // a leftover of a killed run (ours, not the cache's)
   say("open " + std::to_string(cache.total_bytes()));
   RecentBlobs recent;
   auto run = [](auto&& body) {
@@ -219,7 +219,7 @@ int work(const std::string& dir, uint64_t seed) {
     };
   };
   std::thread server(run([&] { serve_and_evict_forever(cache, seed, recent); }));
-  run([&] { write_forever(cache, dir, seed, recent); })();
+  run([&] { write_forever(cache, seed, recent); })();
   server.join();
   return 0;
 }
