@@ -426,6 +426,9 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
         head = registry_head();
       }
       if (index) {
+        // The variants we hold of that manifest are referrers too.
+        auto variants = variant_referrers(ctx, upstream.name, route.repository, route.reference);
+        if (!variants.empty()) index = add_referrers(*index, variants, artifact_type);
         head.status = 200;
         head.set("Content-Type", std::string(kOciIndexMediaType));
         if (artifact_type) head.set("OCI-Filters-Applied", "artifactType");

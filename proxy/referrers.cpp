@@ -33,4 +33,22 @@ std::optional<std::string> filter_referrers(std::string_view index_json,
   return out.dump();
 }
 
+std::string variant_artifact_type(std::string_view format) {
+  return "application/vnd.accel-proxy.variant." + std::string(format);
+}
+
+std::string add_referrers(std::string_view index_json, const std::vector<std::string>& descriptors_json,
+                          const std::optional<std::string>& artifact_type) {
+  auto doc = nlohmann::json::parse(index_json, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("manifests") || !doc["manifests"].is_array())
+    doc = nlohmann::json::parse(empty_referrers_index());
+  for (const auto& d : descriptors_json) {
+    auto desc = nlohmann::json::parse(d, nullptr, false);
+    if (!desc.is_object()) continue;
+    if (artifact_type && desc.value("artifactType", "") != *artifact_type) continue;
+    doc["manifests"].push_back(std::move(desc));
+  }
+  return doc.dump();
+}
+
 }  // namespace accel

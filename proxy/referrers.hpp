@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace accel {
 
@@ -21,5 +22,14 @@ std::string empty_referrers_index();
 // Returns nullopt when the body is not an image index.
 std::optional<std::string> filter_referrers(std::string_view index_json,
                                             const std::optional<std::string>& artifact_type);
+
+// The artifactType under which the proxy lists a variant of a manifest it holds ("estargz" ->
+// "application/vnd.accel-proxy.variant.estargz").
+std::string variant_artifact_type(std::string_view format);
+
+// Appends descriptors (JSON objects with mediaType, digest, size, artifactType, annotations) to
+// an index's manifests, keeping the artifactType filter; the index is returned re-serialised.
+std::string add_referrers(std::string_view index_json, const std::vector<std::string>& descriptors_json,
+                          const std::optional<std::string>& artifact_type);
 
 }  // namespace accel

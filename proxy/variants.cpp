@@ -19,6 +19,7 @@
 #include "proxy/oci_names.hpp"
 #include "proxy/oci_error.hpp"
 #include "proxy/range.hpp"
+#include "proxy/referrers.hpp"
 #include "proxy/variant_request.hpp"
 #include "proxy/webhooks.hpp"
 #include <nlohmann/json.hpp>
@@ -357,6 +358,25 @@ std::string conversions_listing(ProxyContext& ctx) {
 }
 
 }  // namespace
+
+std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string& upstream, const std::string& repository,
+                                           const std::string& source_digest) {
+  std::vector<std::string> out;
+  if (!ctx.variants) return out;
+  for (const auto& [key, record] : ctx.variants->cache().variants_of(upstream + "/" + repository + "@" + source_digest)) {
+    // key: upstream/repo@digest|format|options
+    size_t bar = key.find('|');
+    std::string format = key.substr(bar + 1, key.find('|', bar + 1) - bar - 1);
+    nlohmann::json d = {{"mediaType", record.media_type},
+                        {"digest", record.digest},
+                        {"size", record.size},
+                        {"artifactType", variant_artifact_type(format)},
+                        {"annotations", {{"io.accel-proxy.variant.format", format},
+                                         {"io.accel-proxy.variant.source", source_digest}}}};
+    out.push_back(d.dump());
+  }
+  return out;
+}
 
 net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client) {
   if (!ctx.variants || ctx.config.webhooks.secret.empty()) {

@@ -33,6 +33,11 @@ class Variants {
 net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
                                             const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info);
 
+// Descriptors (JSON) of the variants the cache holds for a source manifest in this repository,
+// for the Referrers API. Empty when variants are off.
+std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string& upstream, const std::string& repository,
+                                           const std::string& source_digest);
+
 // POST /hooks/harbor and /hooks/registry: start the conversions the webhook rules ask for.
 net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client);
 

@@ -26,3 +26,16 @@ TEST_CASE("referrers are filtered by artifactType") {
   CHECK_FALSE(filter_referrers("nonsense", std::nullopt));
   CHECK(json::parse(empty_referrers_index())["manifests"].empty());
 }
+
+TEST_CASE("variants are added to a referrers index, respecting the artifactType filter") {
+  std::string variant = json{{"mediaType", "application/vnd.oci.image.index.v1+json"},
+                             {"digest", "sha256:v"},
+                             {"size", 10},
+                             {"artifactType", variant_artifact_type("estargz")}}
+                            .dump();
+  auto merged = json::parse(add_referrers(empty_referrers_index(), {variant}, std::nullopt));
+  REQUIRE(merged["manifests"].size() == 1);
+  CHECK(merged["manifests"][0]["artifactType"] == "application/vnd.accel-proxy.variant.estargz");
+  CHECK(json::parse(add_referrers(empty_referrers_index(), {variant}, std::string("other/type")))["manifests"].empty());
+  CHECK(json::parse(add_referrers("garbage", {variant}, std::nullopt))["manifests"].size() == 1);
+}
