@@ -241,7 +241,8 @@ void apply_overrides(Config& c, const ConfigOverrides& o) {
     for (auto& u : c.upstreams)
       if (u.name == c.default_upstream || (c.default_upstream.empty() && &u == &c.upstreams.front())) target = &u;
     if (!target) {
-      c.upstreams.push_back(UpstreamConfig{.name = "default"});
+      c.upstreams.emplace_back();
+      c.upstreams.back().name = "default";
       target = &c.upstreams.back();
       if (c.default_upstream.empty()) c.default_upstream = "default";
     }

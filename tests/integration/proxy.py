@@ -36,7 +36,8 @@ def upstream(name, url, **options):
 
 class Proxy:
     def __init__(self, workdir, upstreams, default_upstream=None, timeouts=None, limits=None,
-                 log_level="info", threads=2):
+                 log_level="info", threads=2, extra_config=None):
+        """extra_config: more top-level config sections as given (e.g. `variants`, `webhooks`)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -51,6 +52,7 @@ class Proxy:
             "default_upstream": default_upstream,
             "upstreams": upstreams,
         }
+        self.config.update(extra_config or {})
         self.service = None
         self.stopped_on_purpose = False
 
