@@ -51,7 +51,7 @@ struct VariantRecord {
 struct FailureRecord {
   std::string reason;
   int attempts = 0;
-  int64_t retry_after = 0;  // unix seconds
+  int64_t retry_after = 0;  // unix time, in the caller's unit (the proxy uses milliseconds)
 };
 
 struct CacheLimits {

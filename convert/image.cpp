@@ -121,7 +121,10 @@ bool ImageConverter::platform_selected(const nlohmann::json& p) const {
 }
 
 void ImageConverter::copy_blob(ImageSource& source, const Descriptor& blob, ImageTarget& target) {
-  if (target.has_blob(blob.digest)) return;
+  if (target.has_blob(blob.digest)) {
+    target.reuse_blob(blob);
+    return;
+  }
   TempBlob temp(options_.work_dir);
   auto raw = source.open_blob(blob);
   HashingSource hashed(*raw);
@@ -164,6 +167,7 @@ Descriptor ImageConverter::convert_layer(ImageSource& source, const nlohmann::js
   if (options_.layer_memo) {
     memo_lock = options_.layer_memo->lock(in.digest);
     if (auto known = options_.layer_memo->find(in.digest); known && target.has_blob(known->digest)) {
+      target.reuse_blob({known->media_type, known->digest, known->size});
       new_diff_id = known->diff_id;
       for (const auto& [k, v] : known->annotations) annotations[k] = v;
       ++totals.layers_reused;
@@ -195,6 +199,7 @@ Descriptor ImageConverter::convert_layer(ImageSource& source, const nlohmann::js
   }
   Descriptor result{out.media_type, out.digest, out.size};
   if (!target.has_blob(out.digest)) target.put_blob(result, temp.path());
+  else target.reuse_blob(result);
   if (options_.layer_memo) options_.layer_memo->remember(in.digest, out);
   new_diff_id = out.diff_id;
   for (const auto& [k, v] : out.annotations) annotations[k] = v;
@@ -267,7 +272,9 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
   // drops them from Docker schema2 manifests).
   std::string new_config = config.dump();
   Descriptor new_config_desc{media_type::oci_config, Sha256::of(new_config), new_config.size()};
-  if (!target.has_blob(new_config_desc.digest)) {
+  if (target.has_blob(new_config_desc.digest)) {
+    target.reuse_blob(new_config_desc);
+  } else {
     TempBlob temp(options_.work_dir);
     FileSink sink(temp.path());
     sink.write(new_config.data(), new_config.size());

@@ -57,6 +57,9 @@ class ImageTarget {
   // `path` is a file holding exactly the blob's bytes (already verified against the digest); the
   // target may move it away.
   virtual void put_blob(const Descriptor& blob, const std::string& path) = 0;
+  // A blob the image uses that the target already has (converted earlier, or shared with
+  // another image): the target may record that this image needs it too.
+  virtual void reuse_blob(const Descriptor& blob) {}
   // `tag` is empty for manifests referenced only by digest (children of an index).
   virtual void put_manifest(const ManifestBytes& manifest, const std::string& tag) = 0;
 };

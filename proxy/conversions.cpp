@@ -1,5 +1,6 @@
 #include "proxy/conversions.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -13,6 +14,10 @@ namespace {
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 const char* state_name(ConversionJob::State s) {
@@ -42,6 +47,12 @@ class CacheTarget : public convert::ImageTarget {
   void put_blob(const convert::Descriptor& blob, const std::string& path) override {
     if (!cache_.blob(blob.digest)) cache_.adopt_blob(path, blob.digest, blob.size, blob.media_type);
     cache_.put_member(scope_, blob.digest, proof_);
+    blobs_.push_back(blob.digest);
+  }
+
+  void reuse_blob(const convert::Descriptor& blob) override {
+    cache_.put_member(scope_, blob.digest, proof_);
+    cache_.touch(blob.digest);
     blobs_.push_back(blob.digest);
   }
 
@@ -188,12 +199,14 @@ std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, Regi
     metrics_.add("accel_proxy_conversion_joins_total", {{"format", key.format}});
     return it->second;
   }
-  if (auto failure = cache_.failure(cache_key); failure && failure->retry_after > unix_now()) {
+  if (auto failure = cache_.failure(cache_key); failure && failure->retry_after > unix_now_ms()) {
     auto job = std::make_shared<ConversionJob>(key);
     job->finish(ConversionJob::State::failed, failure->reason + " (retried after backoff)");
     return job;
   }
-  if (static_cast<int>(queue_.size()) >= config_.variants.queue) return nullptr;
+  // `queue` counts conversions waiting for a worker; one an idle worker takes at once is not.
+  const int idle_workers = config_.variants.workers - running_;
+  if (static_cast<int>(queue_.size()) >= config_.variants.queue + std::max(0, idle_workers)) return nullptr;
   auto job = std::make_shared<ConversionJob>(key);
   job->access_ = std::move(access);
   active_[cache_key] = job;
@@ -228,6 +241,7 @@ void Conversions::worker() {
       if (stopping_) return;
       job = queue_.front();
       queue_.pop_front();
+      ++running_;
       metrics_.set("accel_proxy_conversion_queue_depth", {}, static_cast<double>(queue_.size()));
     }
     {
@@ -236,6 +250,7 @@ void Conversions::worker() {
     }
     run(*job);
     std::lock_guard lock(mutex_);
+    --running_;
     active_.erase(job->key().cache_key(options_key(job->key().format)));
     finished_.push_back(job);
     if (finished_.size() > 100) finished_.pop_front();
@@ -273,6 +288,8 @@ void Conversions::run(ConversionJob& job) {
     record.media_type = result.manifest.media_type;
     record.size = result.manifest.bytes.size();
     record.blobs = target.blobs();
+    std::sort(record.blobs.begin(), record.blobs.end());
+    record.blobs.erase(std::unique(record.blobs.begin(), record.blobs.end()), record.blobs.end());
     record.created = unix_now();
     cache_.put_manifest_variant(cache_key, record);
     cache_.clear_failure(cache_key);
@@ -292,9 +309,9 @@ void Conversions::run(ConversionJob& job) {
     cache::FailureRecord failure;
     failure.reason = e.what();
     failure.attempts = previous ? previous->attempts + 1 : 1;
-    int64_t backoff = std::chrono::duration_cast<std::chrono::seconds>(config_.variants.retry_backoff).count();
-    for (int i = 1; i < failure.attempts && backoff < 3600; ++i) backoff *= 2;
-    failure.retry_after = unix_now() + std::min<int64_t>(backoff, 3600);
+    int64_t backoff_ms = config_.variants.retry_backoff.count();
+    for (int i = 1; i < failure.attempts && backoff_ms < 3600'000; ++i) backoff_ms *= 2;
+    failure.retry_after = unix_now_ms() + std::min<int64_t>(backoff_ms, 3600'000);  // unix milliseconds
     try {
       cache_.put_failure(cache_key, failure);
     } catch (...) {

@@ -94,6 +94,7 @@ class Conversions {
   std::map<std::string, std::shared_ptr<ConversionJob>> active_;      // queued or running, by cache key
   std::deque<std::shared_ptr<ConversionJob>> finished_;               // recent, for the listing API
   bool stopping_ = false;
+  int running_ = 0;  // jobs a worker is converting
   std::vector<std::thread> threads_;
 
   // Per-layer single flight.

@@ -58,6 +58,9 @@ std::optional<VariantAsk> variant_asked(std::string_view reference, std::string_
       if (is_valid_tag(source)) return VariantAsk{format, source, VariantAsk::How::tag_suffix};
     }
   }
+  // A digest names exact bytes: answering it with a variant would break content addressing
+  // (containerd checks what it gets). Variants of a digest are found by tag or by referrers.
+  if (digest) return std::nullopt;
   std::string named = lower(trim(format_header));
   if (!named.empty() && config.suffixes.count(named)) return VariantAsk{named, std::string(reference), VariantAsk::How::header};
   if (auto f = accept_format(accept); f && config.suffixes.count(*f))
