@@ -219,6 +219,14 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
     throw ConvertError("manifest " + original.digest + " has no config or layers");
   const auto& layers = doc["layers"];
 
+  // An artifact (SBOM, signature...) is not an image: it is kept as it is.
+  const std::string config_type = doc["config"].value("mediaType", "");
+  if (config_type != media_type::oci_config && config_type != media_type::docker_config) {
+    copy_manifest_tree(source, original, target);
+    totals.layers_kept += layers.size();
+    return {{{"mediaType", original.media_type}, {"digest", original.digest}, {"size", original.bytes.size()}}, true, original};
+  }
+
   bool all_converted = true;
   for (const auto& l : layers)
     if (!format_.is_converted(l) && !is_foreign(l.value("mediaType", ""))) all_converted = false;
