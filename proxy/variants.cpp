@@ -191,6 +191,9 @@ net::awaitable<bool> wait_for(std::shared_ptr<ConversionJob> job, Duration limit
   co_return state == ConversionJob::State::done || state == ConversionJob::State::failed;
 }
 
+net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, Route& route, const UpstreamConfig& upstream,
+                                    ClientConnection& client, const VariantAsk& ask, const std::string& source_digest);
+
 }  // namespace
 
 Variants::Variants(const Config& config, Metrics& metrics)
@@ -233,7 +236,17 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
     if (answer.response->status() != 404) co_return false;  // 200 or 401: the ordinary path answers
   }
 
-  // Resolve the source and check, with the client's credentials, that it may read it.
+  // Resolve the source and check, with the client's credentials, that it may read it. Both
+  // answers are reused for a short time: the tag's digest for `tag_ttl` (per repository), the
+  // client's read grant for `authorization_ttl` (per credential and repository).
+  const std::string tag_key = scope + ":" + ask->source_reference;
+  const auto authorization = request[http::field::authorization];
+  if (!looks_like_digest(ask->source_reference) && ctx.variants->grants().allowed(authorization, upstream.name, route.repository)) {
+    if (auto digest = cache.tag(tag_key)) {
+      ctx.metrics.add("accel_proxy_authorization_checks_total", {{"result", "cached"}});
+      co_return co_await answer_variant(ctx, request, route, upstream, client, *ask, *digest);
+    }
+  }
   Request resolve = upstream_request(request, http::verb::head, "/v2/" + route.repository + "/manifests/" + ask->source_reference, endpoint);
   resolve.set(http::field::accept, kManifestAccept);
   auto resolved = co_await fetch(ctx, upstream.name, endpoint, std::move(resolve));
@@ -254,8 +267,21 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
       source_digest = convert::Sha256::of(co_await body.response->read_all(ctx.config.limits.max_manifest_bytes));
     }
   }
-  ctx.variants->grants().grant(request[http::field::authorization], upstream.name, route.repository);
+  ctx.variants->grants().grant(authorization, upstream.name, route.repository);
+  if (!looks_like_digest(ask->source_reference))
+    cache.put_tag(tag_key, source_digest,
+                  std::max(std::chrono::seconds(1), std::chrono::duration_cast<std::chrono::seconds>(ctx.config.variants.tag_ttl)));
+  co_return co_await answer_variant(ctx, request, route, upstream, client, *ask, source_digest);
+}
 
+namespace {
+
+// The variant of a resolved source digest: from the cache, or converted now (per `on_miss`).
+// Returns false when the request is to be forwarded (fallback to the original image).
+net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, Route& route, const UpstreamConfig& upstream,
+                                    ClientConnection& client, const VariantAsk& ask_value, const std::string& source_digest) {
+  auto& cache = ctx.variants->cache();
+  const VariantAsk* ask = &ask_value;
   ConversionKey key{upstream.name, route.repository, source_digest, ask->format};
   auto& conversions = ctx.variants->conversions();
   const std::string cache_key = key.cache_key(conversions.options_key(ask->format));
@@ -299,6 +325,8 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
   }
   co_return true;
 }
+
+}  // namespace
 
 namespace {
 

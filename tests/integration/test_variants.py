@@ -68,7 +68,7 @@ def source(registry, platforms):
 
 @pytest.fixture(scope="module")
 def vproxy(tmp_path_factory, registry, source):
-    variants = ve.variants_config(on_miss="wait", wait_limit="120s", authorization_ttl="2s")
+    variants = ve.variants_config(on_miss="wait", wait_limit="120s", authorization_ttl="2s", tag_ttl="1s")
     with ve.running_variant_proxy(tmp_path_factory.mktemp("proxy-variants"),
                                   [upstream("main", registry.url)], variants) as p:
         yield p
@@ -413,6 +413,9 @@ def test_moved_tag_gets_a_new_variant(vproxy, registry, platforms):
     assert v1.status_code == 200 and ve.sha256(v1.content) != first.digest
     second = ve.push_layers_image(registry.url, s, "e2e/moving", "t", [platforms["arm64"][1]],
                                   seed="move-2")
+    # Within tag_ttl (1 s here) the proxy may still answer from its resolution of the old tag;
+    # once it has passed, the variant follows the moved tag.
+    time.sleep(1.5)
     v2 = ve.get_manifest(vproxy, "e2e/moving", "t" + SUFFIX)
     assert v2.status_code == 200
     assert ve.sha256(v2.content) not in (ve.sha256(v1.content), second.digest), \
@@ -430,3 +433,25 @@ def test_variants_disabled(tmp_path_factory, registry, source):
         resp = ve.get_manifest(p, REPO, TAG, headers={
             "Accept": images.OCI_INDEX + ";accel-format=estargz"})
         assert resp.status_code == 200 and ve.sha256(resp.content) == source.digest
+
+
+def test_tag_resolution_is_reused_within_tag_ttl(vproxy, registry, platforms):
+    """A variant request resolves its source tag upstream once per tag_ttl (1 s here) for a
+    client whose read grant is fresh; after the TTL it resolves again."""
+    s = requests.Session()
+    ve.push_layers_image(registry.url, s, "e2e/ttl", "t", [platforms["arm64"][1]], seed="ttl-1")
+    log = ve.RegistryLog(registry)
+    assert ve.get_manifest(vproxy, "e2e/ttl", "t" + SUFFIX).status_code == 200
+
+    def source_resolutions(since):
+        return sum(1 for method, path, _ in log.requests(since)
+                   if method == "HEAD" and path == "/v2/e2e/ttl/manifests/t")
+
+    mark = log.mark()
+    for _ in range(3):
+        assert ve.get_manifest(vproxy, "e2e/ttl", "t" + SUFFIX).status_code == 200
+    assert source_resolutions(mark) <= 1  # the first may fall just after the TTL of the pull above
+    time.sleep(1.5)
+    mark = log.mark()
+    assert ve.get_manifest(vproxy, "e2e/ttl", "t" + SUFFIX).status_code == 200
+    assert source_resolutions(mark) == 1
