@@ -24,8 +24,15 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 
 registry_pid=
-cleanup() { [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+proxy_pid=
+# Whatever stops this script stops what it started.
+cleanup() {
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if [ $has_upstream -eq 0 ]; then
   mkdir -p .run/registry
@@ -55,4 +62,6 @@ fi
 has_cache=0
 for a in "$@"; do case "$a" in --cache-dir|--cache-dir=*|--config|--config=*) has_cache=1 ;; esac; done
 [ $has_cache -eq 1 ] || args+=(--cache-dir "$PWD/.run/cache")
-./build/accel-proxy serve --listen "$listen" "${args[@]}"
+./build/accel-proxy serve --listen "$listen" "${args[@]}" &
+proxy_pid=$!
+wait "$proxy_pid"
