@@ -13,6 +13,12 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
 bool is_hop_by_hop(std::string_view name) {
   static constexpr std::array<std::string_view, 9> kHopByHop{
       "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -25,9 +31,7 @@ bool is_hop_by_hop(std::string_view name) {
 bool connection_lists(std::string_view value, std::string_view name) {
   while (!value.empty()) {
     size_t comma = value.find(',');
-    std::string_view token = value.substr(0, comma);
-    while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-    while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+    std::string_view token = trim_ows(value.substr(0, comma));
     if (iequals(token, name)) return true;
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);

@@ -14,4 +14,7 @@ bool connection_lists(std::string_view connection_value, std::string_view name);
 
 bool iequals(std::string_view a, std::string_view b);
 
+// Without the optional white space (spaces and tabs) HTTP allows around values.
+std::string_view trim_ows(std::string_view s);
+
 }  // namespace accel

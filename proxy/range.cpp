@@ -1,17 +1,13 @@
 #include "proxy/range.hpp"
 
+#include "proxy/http_headers.hpp"
+
 #include <cctype>
 #include <charconv>
 #include <random>
 
 namespace accel {
 namespace {
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
 
 std::optional<uint64_t> parse_u64(std::string_view s) {
   if (s.empty() || s.size() > 19) return std::nullopt;  // 19 digits always fit in 64 bits
@@ -32,25 +28,25 @@ bool starts_with_icase(std::string_view s, std::string_view prefix) {
 
 RangeHeader parse_range_header(std::string_view value) {
   RangeHeader out;
-  value = trim(value);
+  value = trim_ows(value);
   if (value.empty()) return out;
   size_t eq = value.find('=');
   if (eq == std::string_view::npos) {
     out.kind = RangeHeader::Kind::invalid;
     return out;
   }
-  std::string_view unit = trim(value.substr(0, eq));
+  std::string_view unit = trim_ows(value.substr(0, eq));
   if (unit.size() != 5 || !starts_with_icase(unit, "bytes")) return out;  // other units: ignore
 
   std::string_view list = value.substr(eq + 1);
   out.kind = RangeHeader::Kind::invalid;
   while (true) {
     size_t comma = list.find(',');
-    std::string_view spec = trim(list.substr(0, comma));
+    std::string_view spec = trim_ows(list.substr(0, comma));
     if (!spec.empty()) {  // RFC 9110 allows empty list elements
       size_t dash = spec.find('-');
       if (dash == std::string_view::npos) return {RangeHeader::Kind::invalid, {}};
-      std::string_view a = trim(spec.substr(0, dash)), b = trim(spec.substr(dash + 1));
+      std::string_view a = trim_ows(spec.substr(0, dash)), b = trim_ows(spec.substr(dash + 1));
       RangeSpec rs;
       if (a.empty()) {
         auto suffix = parse_u64(b);

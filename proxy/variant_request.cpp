@@ -9,12 +9,6 @@ namespace accel {
 
 namespace {
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
 std::string lower(std::string_view s) {
   std::string out(s);
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -32,10 +26,10 @@ std::optional<std::string> accept_format(std::string_view accept) {
     while (semi != std::string_view::npos) {
       std::string_view rest = range.substr(semi + 1);
       size_t next = rest.find(';');
-      std::string_view param = trim(rest.substr(0, next));
+      std::string_view param = trim_ows(rest.substr(0, next));
       size_t eq = param.find('=');
-      if (eq != std::string_view::npos && iequals(trim(param.substr(0, eq)), "accel-format")) {
-        std::string_view value = trim(param.substr(eq + 1));
+      if (eq != std::string_view::npos && iequals(trim_ows(param.substr(0, eq)), "accel-format")) {
+        std::string_view value = trim_ows(param.substr(eq + 1));
         if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
         if (!value.empty()) return lower(value);
       }
@@ -61,7 +55,7 @@ std::optional<VariantAsk> variant_asked(std::string_view reference, std::string_
   // A digest names exact bytes: answering it with a variant would break content addressing
   // (containerd checks what it gets). Variants of a digest are found by tag or by referrers.
   if (digest) return std::nullopt;
-  std::string named = lower(trim(format_header));
+  std::string named = lower(trim_ows(format_header));
   if (!named.empty() && config.suffixes.count(named)) return VariantAsk{named, std::string(reference), VariantAsk::How::header};
   if (auto f = accept_format(accept); f && config.suffixes.count(*f))
     return VariantAsk{*f, std::string(reference), VariantAsk::How::accept};
