@@ -86,7 +86,7 @@ struct TocRecord {
   std::string digest;
   uint64_t chunk_offset = 0;
   uint64_t chunk_size = 0;
-  std::string chunk_digest;
+  bool digest_is_chunk_digest = false;  // an unchunked file: its digest is its one chunk's
 };
 
 // Field order and omit-empty rules follow the reference's TOCEntry.
@@ -113,10 +113,14 @@ void append_json(std::string& out, const TocRecord& r, const ParallelGzipWriter&
     }
     out += '}';
   }
-  if (!r.digest.empty()) out += ",\"digest\":\"" + r.digest + "\"";
+  // Chunk digests are computed on the compression workers: the payload starts its member.
+  static const std::string kNone;
+  const std::string& chunk_digest = r.member != kNoMember ? gz.digest_of(r.member) : kNone;
+  const std::string& digest = r.digest_is_chunk_digest ? chunk_digest : r.digest;
+  if (!digest.empty()) out += ",\"digest\":\"" + digest + "\"";
   if (r.chunk_offset) out += ",\"chunkOffset\":" + std::to_string(r.chunk_offset);
   if (r.chunk_size) out += ",\"chunkSize\":" + std::to_string(r.chunk_size);
-  if (!r.chunk_digest.empty()) out += ",\"chunkDigest\":\"" + r.chunk_digest + "\"";
+  if (!chunk_digest.empty()) out += ",\"chunkDigest\":\"" + chunk_digest + "\"";
   out += '}';
 }
 
@@ -224,8 +228,9 @@ class EstargzWriter {
 
   void close_member() {
     if (member_.empty()) return;
-    gz_.submit(std::move(member_));
+    gz_.submit(std::move(member_), member_digest_prefix_);
     member_ = std::string();
+    member_digest_prefix_ = 0;
     ++submitted_;
   }
 
@@ -249,7 +254,7 @@ class EstargzWriter {
         got += r;
       }
       diff_.write(member_.data(), n);
-      std::string chunk_digest = Sha256::of(member_);
+      member_digest_prefix_ = n;  // the chunk digest, computed with the compression
       if (chunked) file_hash.update(member_);
       TocRecord r;
       if (offset == 0) {
@@ -260,10 +265,9 @@ class EstargzWriter {
         r.chunk_offset = offset;
       }
       r.member = member;
-      r.chunk_digest = chunk_digest;
       offset += n;
       if (chunked && offset < size) r.chunk_size = n;  // the last chunk runs to the end of the file
-      if (!chunked) r.digest = chunk_digest;
+      r.digest_is_chunk_digest = !chunked;
       toc_.push_back(std::move(r));
       if (offset < size) close_member();
     }
@@ -279,6 +283,7 @@ class EstargzWriter {
   HashingSink diff_{nullptr};
   ParallelGzipWriter gz_;
   std::string member_;
+  size_t member_digest_prefix_ = 0;  // bytes of member_ its chunk digest covers
   size_t submitted_ = 0;
   std::vector<TocRecord> toc_;
 };

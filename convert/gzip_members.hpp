@@ -16,40 +16,54 @@
 
 namespace accel::convert {
 
-// One gzip member made of `data` (header, deflate stream, CRC and size; MTIME 0).
+// One gzip member made of `data` (header, deflate stream, CRC and size; MTIME 0). Data that
+// samples show to be incompressible is stored instead (deflate level 0): the result depends
+// only on the data and the level.
 std::string gzip_member(const void* data, size_t size, int level);
+
+// Whether evenly spaced samples of the data all fail to compress (random or already
+// compressed content), so that deflating the whole would only cost time.
+bool looks_incompressible(const void* data, size_t size);
 
 class ParallelGzipWriter {
  public:
-  // `threads` 0 or 1 compresses on the caller's thread. At most `max_in_flight` members are
-  // queued or compressing at once (bounded memory).
-  ParallelGzipWriter(ByteSink& sink, int level, unsigned threads, size_t max_in_flight = 0);
+  // `threads` 0 or 1 compresses on the caller's thread. At most `max_in_flight_bytes` of input
+  // are queued or compressing at once (bounded memory; 0: 12 MiB a thread).
+  ParallelGzipWriter(ByteSink& sink, int level, unsigned threads, size_t max_in_flight_bytes = 0);
   ~ParallelGzipWriter();
   ParallelGzipWriter(const ParallelGzipWriter&) = delete;
   ParallelGzipWriter& operator=(const ParallelGzipWriter&) = delete;
 
-  // Queues one member; returns its index.
-  size_t submit(std::string uncompressed);
+  // Queues one member; returns its index. With `digest_prefix` > 0, the SHA-256 of the first
+  // `digest_prefix` bytes is computed too (on a worker), for digest_of().
+  size_t submit(std::string uncompressed, size_t digest_prefix = 0);
   // Writes everything queued so far; afterwards offset_of() is valid for every member.
   void flush();
   // Writes bytes that are not to be compressed (e.g. a footer), after all queued members.
   void write_raw(const void* data, size_t size);
 
   uint64_t offset_of(size_t member) const { return offsets_.at(member); }
+  // "sha256:<hex>" of the prefix asked for at submit(); valid after flush().
+  const std::string& digest_of(size_t member) const { return digests_.at(member); }
   uint64_t bytes_written() const { return written_; }
 
  private:
   struct Job {
     std::string input;
+    size_t input_size = 0;
+    size_t digest_prefix = 0;
     std::string output;
+    std::string digest;
     bool done = false;
   };
+  static void run(Job& job, int level);
   void worker();
   void write_done_jobs(std::unique_lock<std::mutex>& lock, bool wait_for_all);
 
   ByteSink& sink_;
   int level_;
-  size_t max_in_flight_;
+  size_t max_in_flight_bytes_;
+  size_t in_flight_bytes_ = 0;  // input bytes of the jobs in in_order_
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable work_ready_, job_done_;
@@ -57,6 +71,7 @@ class ParallelGzipWriter {
   std::deque<std::shared_ptr<Job>> queue_;     // not yet picked by a worker
   bool stopping_ = false;
   std::vector<uint64_t> offsets_;
+  std::vector<std::string> digests_;
   uint64_t written_ = 0;
   std::exception_ptr failure_;
 };

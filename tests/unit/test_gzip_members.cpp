@@ -1,0 +1,158 @@
+// Parallel gzip members: the incompressible-data test, round trips through zlib, and output
+// that is the same byte for byte whatever the thread count.
+#include <zlib.h>
+
+#include <catch2/catch.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "convert/gzip_members.hpp"
+#include "convert/sha256.hpp"
+
+using namespace accel::convert;
+
+namespace {
+
+std::string random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);  // the standard fixes mt19937's sequence
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+std::string text_bytes(size_t n, uint32_t seed) {
+  static const char* words[] = {"layer ", "image ", "manifest ", "digest ", "blob ", "tag ", "index ", "\n"};
+  std::mt19937 rng(seed);
+  std::string s;
+  while (s.size() < n) s += words[rng() % 8];
+  s.resize(n);
+  return s;
+}
+
+// Decompresses concatenated gzip members with zlib.
+std::string gunzip(const std::string& gz) {
+  z_stream z{};
+  REQUIRE(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK);
+  std::string out;
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data()));
+  z.avail_in = static_cast<uInt>(gz.size());
+  char buf[65536];
+  while (true) {
+    z.next_out = reinterpret_cast<Bytef*>(buf);
+    z.avail_out = sizeof buf;
+    int rc = inflate(&z, Z_NO_FLUSH);
+    out.append(buf, sizeof buf - z.avail_out);
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0) break;
+      REQUIRE(inflateReset(&z) == Z_OK);  // next member
+      continue;
+    }
+    REQUIRE(rc == Z_OK);
+  }
+  inflateEnd(&z);
+  return out;
+}
+
+struct StringSink : ByteSink {
+  std::string data;
+  void write(const void* p, size_t n) override { data.append(static_cast<const char*>(p), n); }
+};
+
+}  // namespace
+
+TEST_CASE("looks_incompressible tells random data from compressible data") {
+  const std::string random = random_bytes(1 << 20, 1);
+  CHECK(looks_incompressible(random.data(), random.size()));
+
+  const std::string text = text_bytes(1 << 20, 2);
+  CHECK_FALSE(looks_incompressible(text.data(), text.size()));
+
+  // Too small to be worth testing: always deflated.
+  CHECK_FALSE(looks_incompressible(random.data(), 64 * 1024));
+
+  // One text block among random ones, where no sample falls: the byte statistics see it.
+  std::string one_text_block = random;
+  const std::string block = text_bytes(4096, 3);
+  one_text_block.replace(300 * 1024, block.size(), block);
+  CHECK_FALSE(looks_incompressible(one_text_block.data(), one_text_block.size()));
+
+  // Random bytes repeated at a period deflate's window covers: every block looks random, yet LZ
+  // matching removes the repeats; the level-1 samples see that.
+  for (size_t period : {4096, 16 * 1024, 30 * 1024}) {
+    std::string repeated;
+    const std::string unit = random_bytes(period, 4);
+    while (repeated.size() < (1 << 20)) repeated += unit;
+    CHECK_FALSE(looks_incompressible(repeated.data(), repeated.size()));
+    CHECK(gzip_member(repeated.data(), repeated.size(), 6).size() < repeated.size() / 2);
+  }
+
+  // Zeros and a narrow alphabet are compressible by Huffman coding alone.
+  const std::string zeros(1 << 20, '\0');
+  CHECK_FALSE(looks_incompressible(zeros.data(), zeros.size()));
+  std::string hex = random_bytes(1 << 20, 5);
+  for (auto& c : hex) c = "0123456789abcdef"[static_cast<unsigned char>(c) & 15];
+  CHECK_FALSE(looks_incompressible(hex.data(), hex.size()));
+}
+
+TEST_CASE("gzip_member round-trips compressible and stored data") {
+  for (const std::string& input : {random_bytes(1 << 20, 6), text_bytes(1 << 20, 7), std::string(),
+                                   std::string("x"), random_bytes(100000, 8)}) {
+    const std::string gz = gzip_member(input.data(), input.size(), 6);
+    CHECK(gunzip(gz) == input);
+    if (input.size() == (1 << 20) && looks_incompressible(input.data(), input.size()))
+      CHECK(gz.size() < input.size() + input.size() / 1000 + 64);  // stored: tiny overhead
+  }
+  const std::string text = text_bytes(1 << 20, 9);
+  CHECK(gzip_member(text.data(), text.size(), 6).size() < text.size() / 3);
+}
+
+TEST_CASE("ParallelGzipWriter output and digests do not depend on the thread count") {
+  // Members of mixed content and size, some with a digested prefix.
+  std::vector<std::string> members;
+  std::vector<size_t> prefixes;
+  std::mt19937 rng(10);
+  for (int i = 0; i < 60; ++i) {
+    const size_t n = (rng() % 4 == 0) ? 300000 + rng() % 900000 : rng() % 5000;
+    members.push_back(rng() % 2 ? random_bytes(n, i) : text_bytes(n, i));
+    prefixes.push_back(rng() % 3 == 0 ? 0 : rng() % (n + 1));
+  }
+
+  auto write_all = [&](unsigned threads, size_t max_bytes) {
+    StringSink sink;
+    ParallelGzipWriter gz(sink, 6, threads, max_bytes);
+    for (size_t i = 0; i < members.size(); ++i) CHECK(gz.submit(members[i], prefixes[i]) == i);
+    gz.write_raw("TAIL", 4);
+    std::vector<std::string> digests;
+    std::vector<uint64_t> offsets;
+    for (size_t i = 0; i < members.size(); ++i) {
+      digests.push_back(gz.digest_of(i));
+      offsets.push_back(gz.offset_of(i));
+    }
+    CHECK(gz.bytes_written() == sink.data.size());
+    return std::make_tuple(sink.data, digests, offsets);
+  };
+
+  const auto [one, one_digests, one_offsets] = write_all(1, 0);
+  for (auto [threads, max_bytes] : {std::pair{2u, size_t{0}}, std::pair{4u, size_t{1}}, std::pair{3u, size_t{1} << 20}}) {
+    const auto [many, digests, offsets] = write_all(threads, max_bytes);
+    CHECK(many == one);
+    CHECK(digests == one_digests);
+    CHECK(offsets == one_offsets);
+  }
+
+  REQUIRE(one.size() > 4);
+  CHECK(one.substr(one.size() - 4) == "TAIL");
+  std::string all;
+  for (const auto& m : members) all += m;
+  CHECK(gunzip(one.substr(0, one.size() - 4)) == all);
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (prefixes[i] == 0) {
+      CHECK(one_digests[i].empty());
+    } else {
+      CHECK(one_digests[i] == Sha256::of(std::string_view(members[i]).substr(0, prefixes[i])));
+    }
+    // Every member, even an empty one, takes bytes.
+    if (i + 1 < members.size()) CHECK(one_offsets[i] < one_offsets[i + 1]);
+  }
+}
