@@ -84,7 +84,11 @@ class UpstreamConnection {
   size_t pipe_capacity = 0;
 
   template <class... Args>
-  explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {}
+  explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {
+    // Beast sizes each read by the buffer's free space, starting at 512 bytes: room for a whole
+    // header and a small body (a manifest) makes that one read instead of three.
+    buffer.reserve(16 * 1024);
+  }
   ~UpstreamConnection() {
     if (pipe_read >= 0) ::close(pipe_read);
     if (pipe_write >= 0) ::close(pipe_write);
@@ -143,6 +147,19 @@ net::awaitable<void> UpstreamResponse::read_header() {
     c.remaining = *c.parser->content_length();
     c.done = c.remaining == 0;
   }
+}
+
+std::optional<uint64_t> UpstreamResponse::unbuffered_body_bytes() const {
+  const auto& c = *connection_;
+  if (c.done) return 0;
+  if (!c.raw_body) return std::nullopt;
+  return c.remaining - std::min<uint64_t>(c.remaining, c.buffer.size());
+}
+
+size_t UpstreamResponse::buffered_body_bytes() const {
+  const auto& c = *connection_;
+  if (c.done || !c.raw_body) return 0;
+  return static_cast<size_t>(std::min<uint64_t>(c.remaining, c.buffer.size()));
 }
 
 net::awaitable<size_t> UpstreamResponse::read_some(net::mutable_buffer buffer) {
@@ -248,8 +265,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
     moved += n;
   }
   tcp::socket& in = plain->socket();
-  in.non_blocking(true);
-  out.non_blocking(true);
+  if (!in.non_blocking()) in.non_blocking(true);  // each call is an ioctl
+  if (!out.non_blocking()) out.non_blocking(true);
   size_t in_pipe = 0;
   // Any bytes left in the pipe on an error are dropped with the connection (it is not reused).
   while (c.remaining > 0 || in_pipe > 0) {

@@ -73,6 +73,11 @@ class UpstreamResponse {
   // From Content-Length; unset for chunked or close-delimited bodies.
   std::optional<uint64_t> content_length() const;
   bool body_done() const;
+  // Content-Length bodies: the bytes still to come from the socket (those that arrived with the
+  // header are not counted). Unset for other framings.
+  std::optional<uint64_t> unbuffered_body_bytes() const;
+  // Content-Length bodies: the bytes that arrived with the header, still to be read.
+  size_t buffered_body_bytes() const;
 
   // Reads the next piece of the body into `buffer`; 0 means the body is complete. Throws
   // UpstreamError if the upstream closes early or stalls past the read timeout.
