@@ -118,8 +118,20 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(config.limits.max_header_bytes);
     parser.body_limit(config.limits.max_body_bytes);
-    stream.expires_after(config.timeouts.header);
-    auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+    // A request usually arrives whole in one read: parse what is buffered first, and read more
+    // (under the header timeout) only when the parser needs it.
+    boost::system::error_code ec;
+    parser.eager(true);
+    while (buffer.size() > 0 && !parser.is_done()) {
+      size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec || used == 0) break;
+    }
+    if (ec == http::error::need_more) ec = {};
+    if (!ec && !parser.is_done()) {
+      stream.expires_after(config.timeouts.header);
+      std::tie(ec, std::ignore) = co_await http::async_read(stream, buffer, parser, use_tuple);
+    }
     if (ec == http::error::header_limit) {
       co_await reject(stream, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
       break;
