@@ -9,12 +9,12 @@ Environment (set by bench/variant): REPO_ROOT, ACCEL_PROXY_BIN, BENCH_REPS, BENC
 
 What it measures, in one run, on one generated image pushed to a loopback docker-registry
 (see bench/README.md):
-  1. cold: `skopeo copy docker://PROXY/bench/app:1-estargz dir:D` through a freshly started
-     accel-proxy (empty cache, `variants: {on_miss: wait}`): the time until skopeo has the last
-     byte (from skopeo's start to the end of the last response in the proxy's request log),
-     against `accel-proxy convert --format estargz docker://REG/bench/app:1 oci:D:x` (wall
-     time); ratio cold / standalone, target <= 1.15. skopeo's own wall time, which adds its
-     digest checks and writes after the last byte, is reported beside it.
+  1. cold: the first pull of bench/app:1-estargz through a freshly started accel-proxy (empty
+     cache, `variants: {on_miss: wait}`), until the client has the last byte: bench/pull.py
+     (manifest, then every blob at once, read at wire speed), against `accel-proxy convert
+     --format estargz docker://REG/bench/app:1 oci:D:x` (wall time); ratio cold / standalone,
+     target <= 1.15. The same cold pull by `skopeo copy ... dir:D` is reported beside it:
+     skopeo reads at the pace of its own digest checks and file writes.
   2. warm: GET of the largest converted layer through the proxy (a cache hit) with curl, MB/s,
      against nginx serving the same file of the proxy's cache (static location, sendfile on);
      target >= 0.95x nginx. And a whole warm skopeo copy of the variant, for reference.
@@ -105,16 +105,14 @@ def machine_busy_s():
 
 
 class Sample:
-    def __init__(self, wall, foreign, rc, out, err, started_epoch=None):
+    def __init__(self, wall, foreign, rc, out, err):
         self.wall, self.foreign, self.rc, self.out, self.err = wall, foreign, rc, out, err
-        self.started_epoch = started_epoch  # wall clock at the start, to compare with log times
 
 
 def run_timed(argv, env=None, cwd=None):
     """Run argv once; wall time and the CPU other processes (not this run's servers, tools or
     this script) used meanwhile."""
     busy0, own0 = machine_busy_s(), tree_cpu_s()
-    started_epoch = time.time()
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
     cv.RUNNING.append(p)
@@ -126,26 +124,8 @@ def run_timed(argv, env=None, cwd=None):
     busy1, own1 = machine_busy_s(), tree_cpu_s()
     foreign = max(0.0, (busy1 - busy0) - (own1 - own0))
     return Sample(t1 - t0, foreign, p.returncode, out.decode("utf-8", "replace"),
-                  err.decode("utf-8", "replace"), started_epoch)
+                  err.decode("utf-8", "replace"))
 
-
-# accel-proxy's request log line: "<UTC time, ms> info request method=GET route=blob ... status=200"
-REQUEST_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z info request method=GET "
-                          r"route=(\w+) .*?status=(\d+) bytes=(\d+)")
-
-
-def served_times(logpath):
-    """(route, epoch seconds, bytes) of each successful GET answered, in log order; a line is
-    written when the last byte of its answer has been handed to the kernel."""
-    out = []
-    with open(logpath, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = REQUEST_LINE.match(line)
-            if m and m.group(3) in ("200", "206"):
-                t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(
-                    tzinfo=datetime.timezone.utc).timestamp()
-                out.append((m.group(2), t, int(m.group(4))))
-    return out
 
 
 def disturbed(s):
@@ -269,7 +249,7 @@ class Bench:
         self.proxy = None          # (Popen, port, cache dir) of the current proxy
         self.proxy_n = 0
         self.res = {"cold": [], "standalone": [], "conv_s": [], "proxy_get": [], "nginx_get": [],
-                    "warm_copy": [], "hwm": [], "skopeo_wall": [], "manifest_at": []}
+                    "warm_copy": [], "hwm": [], "skopeo_cold": [], "manifest_at": []}
         self.errors = {}
         self.checks = []
 
@@ -384,7 +364,7 @@ http:
         with open(conf, "w") as f:
             f.write(f"""listen: 127.0.0.1:{port}
 cache_dir: {cache}
-log_level: info
+log_level: warn
 upstreams:
   - name: bench
     url: {self.reg_url}
@@ -484,36 +464,42 @@ http {{
                           f"docker://127.0.0.1:{port}/{REPO}:{TAG}{SUFFIX}", f"dir:{dest}"],
                          env=self.skopeo_env())
 
-    def cold_sample(self, rep):
+    def pull(self, port):
+        return run_timed(["/usr/bin/python3", os.path.join(self.root, "bench", "pull.py"),
+                          f"http://127.0.0.1:{port}", REPO, f"{TAG}{SUFFIX}"])
+
+    def cold_sample(self, rep, client):
+        """A cold pull by `client`: "pull" (bench/pull.py: manifest, then every blob at once,
+        read at wire speed; done at the last byte) or "skopeo" (skopeo copy to dir:, which also
+        checks digests and writes files as it reads)."""
         def once():
             _, port, _, _ = self.start_proxy()    # untimed: fresh process, empty cache
-            dest = os.path.join(self.tmp, "cold-copy")
-            return self.skopeo_copy(port, dest)
-        s = self.measured(f"cold pull rep {rep + 1}", once)
+            if client == "pull":
+                return self.pull(port)
+            return self.skopeo_copy(port, os.path.join(self.tmp, "cold-copy"))
+        s = self.measured(f"cold pull ({client}) rep {rep + 1}", once)
         if s.rc != 0:
-            raise RuntimeError("skopeo copy through the proxy failed: " + s.err.strip()[-400:])
+            raise RuntimeError(f"cold pull ({client}) through the proxy failed: "
+                               + (s.err.strip() or s.out.strip())[-400:])
         conv = self.proxy_metric("accel_proxy_conversion_duration_seconds_sum", format="estargz")
         done = self.proxy_metric("accel_proxy_conversions_total", format="estargz", outcome="done")
         misses = self.proxy_metric("accel_proxy_cache_misses_total")
         if done != 1 or misses != 1:
-            self.checks.append(f"cold pull rep {rep + 1}: {done:g} conversions, {misses:g} misses "
-                               "(expected 1 and 1)")
-        self.res["conv_s"].append(conv)
+            self.checks.append(f"cold pull ({client}) rep {rep + 1}: {done:g} conversions, {misses:g} "
+                               "misses (expected 1 and 1)")
         self.res["hwm"].append(hwm_mb(self.proxy[0].pid))
-        # The client has the last byte when the proxy has written it (loopback): the end of the
-        # last answer in the request log, from skopeo's start.
-        served = served_times(os.path.join(self.proxy[3], "accel-proxy.log"))
-        blobs = [t for route, t, _ in served if route == "blob"]
-        manifests = [t for route, t, _ in served if route == "manifest"]
-        if not blobs or not manifests:
-            raise RuntimeError("the proxy's request log shows no manifest or blob answer for the cold pull")
-        self.res["skopeo_wall"].append(s.wall)
-        self.res["manifest_at"].append(min(manifests) - s.started_epoch)
-        s.wall = max(max(blobs), max(manifests)) - s.started_epoch
-        self.cold_manifest = cv.sha256_file(os.path.join(self.tmp, "cold-copy", "manifest.json"))
-        log(f"  rep {rep + 1}/{self.reps} cold pull (skopeo copy of the variant) {s.wall:8.2f} s to the "
-            f"last byte, {self.res['skopeo_wall'][-1]:.2f} s until skopeo exited (conversion {conv:.2f} s "
-            f"by the proxy's metric; others {s.foreign / self.res['skopeo_wall'][-1]:.2f} cores)")
+        if client == "pull":
+            facts = json.loads(s.out)
+            self.res["conv_s"].append(conv)
+            self.res["manifest_at"].append(facts["manifest_s"])
+            self.res["cold"].append(s.wall)
+            extra = f"manifest after {facts['manifest_s']:.2f} s, {facts['bytes'] / MB:.1f} MB received"
+        else:
+            self.res["skopeo_cold"].append(s.wall)
+            self.cold_manifest = cv.sha256_file(os.path.join(self.tmp, "cold-copy", "manifest.json"))
+            extra = "digests checked, files written"
+        log(f"  rep {rep + 1}/{self.reps} cold pull ({client}) {s.wall:8.2f} s; conversion {conv:.2f} s "
+            f"by the proxy's metric; {extra}; others {s.foreign / s.wall:.2f} cores")
         return s
 
     def standalone_sample(self, rep):
@@ -609,13 +595,14 @@ http {{
     def measure_cold(self):
         log(f"cold first pull vs standalone convert, {self.reps} repetition(s)")
         for rep in range(self.reps):
-            order = ["cold", "standalone"] if rep % 2 == 0 else ["standalone", "cold"]
+            order = ["pull", "skopeo", "standalone"]
+            if rep % 2:
+                order.reverse()
             for way in order:
-                if way == "cold":
-                    s = self.cold_sample(rep)
+                if way == "standalone":
+                    self.res["standalone"].append(self.standalone_sample(rep).wall)
                 else:
-                    s = self.standalone_sample(rep)
-                self.res[way].append(s.wall)
+                    self.cold_sample(rep, way)
         # the last proxy (its cache holds the variant) stays for the warm measurements
         if self.proxy is None or self.res["cold"] == []:
             raise RuntimeError("no proxy left for the warm measurements")
@@ -705,14 +692,14 @@ http {{
         out = L.append
         out(f"| measurement | accel-proxy | reference | ratio | target | result |")
         out("|---|---:|---:|---:|---|---|")
-        out(f"| cold first pull of `{REPO}:{TAG}{SUFFIX}` (skopeo copy, empty cache), time until skopeo "
-            f"has the last byte, vs standalone `accel-proxy convert` | {secs(cold)} | {secs(alone)} | "
-            f"{'ERR' if r_cold is None else f'{r_cold:.3f}×'} | ≤ {TARGET_COLD:g}× | "
+        out(f"| cold first pull of `{REPO}:{TAG}{SUFFIX}` (empty cache), time until the client has the "
+            f"last byte (`bench/pull.py`), vs standalone `accel-proxy convert` | {secs(cold)} | "
+            f"{secs(alone)} | {'ERR' if r_cold is None else f'{r_cold:.3f}×'} | ≤ {TARGET_COLD:g}× | "
             f"**{'PASS' if ok_cold else 'MISS'}** |")
-        sk = self.med(self.res["skopeo_wall"])
-        out(f"| the same cold pulls, until skopeo exits (its digest checks and writes included) | "
-            f"{secs(sk)} | {secs(alone)} | {'ERR' if not (sk and alone) else f'{sk / alone:.3f}×'} | "
-            "reference only | |")
+        sk = self.med(self.res["skopeo_cold"])
+        out(f"| cold first pull by `skopeo copy` to `dir:` (empty cache; skopeo reads at the pace of "
+            f"its digest checks and file writes) vs standalone | {secs(sk)} | {secs(alone)} | "
+            f"{'ERR' if not (sk and alone) else f'{sk / alone:.3f}×'} | reference only | |")
         out(f"| warm GET of the largest converted layer ({self.warm_size / MB:.1f} MB), MB/s, vs "
             f"nginx from the cache file | {'ERR' if pget is None else f'{pget / MB:.0f}'} | "
             f"{'ERR' if nget is None else f'{nget / MB:.0f}'} | "
@@ -722,14 +709,14 @@ http {{
         out("")
         out("Samples (in order of repetition):")
         out("")
-        out(f"- cold pull to the last byte, s: {all_s(self.res['cold'])}; until skopeo exited, s: "
-            f"{all_s(self.res['skopeo_wall'])}; manifest answered after, s: "
-            f"{all_s(self.res['manifest_at'])}; conversion (the proxy's "
+        out(f"- cold pull to the last byte (bench/pull.py), s: {all_s(self.res['cold'])}; of which until "
+            f"the manifest, s: {all_s(self.res['manifest_at'])}; conversion (the proxy's "
             f"`accel_proxy_conversion_duration_seconds`), s: {all_s(self.res['conv_s'])}")
+        out(f"- cold pull by skopeo, s: {all_s(self.res['skopeo_cold'])}")
         out(f"- standalone convert, s: {all_s(self.res['standalone'])}")
         if cold and conv:
             out(f"- cold pull: {mb / cold:.1f} MB/s of uncompressed layer end to end; conversion "
-                f"{conv:.2f} s, the remaining {cold - conv:.2f} s are skopeo's start and requests "
+                f"{conv:.2f} s, the remaining {cold - conv:.2f} s are the client's start and requests "
                 "and the transfer of the converted image, which cannot start before the manifest "
                 "(it names every converted layer's digest)")
         if alone:
@@ -789,10 +776,11 @@ http {{
               f"{f['text_share'] * 100:.0f}% text-like by bytes), {self.tar_bytes / MB:.1f} MB tar, "
               f"{self.gz_bytes / MB:.1f} MB tar.gz (`gzip -n -6`), on docker-registry 2.8 (loopback, "
               "filesystem storage in `$TMPDIR`)",
-              "- cold: `skopeo copy --src-tls-verify=false docker://PROXY/bench/app:1-estargz "
-              "dir:D` against a freshly started proxy with an empty cache, timed from skopeo's start "
-              "to the end of the last answer in the proxy's request log (ms resolution; the client has "
-              "the last byte then), and to skopeo's exit; reference: wall time of "
+              "- cold: against a freshly started proxy with an empty cache each time, wall time of "
+              "`bench/pull.py http://PROXY bench/app 1-estargz` (GET of the manifest, then of every "
+              "blob at once, bodies read at wire speed and dropped: it ends at the last byte), and "
+              "of `skopeo copy --src-tls-verify=false docker://PROXY/bench/app:1-estargz dir:D` for "
+              "reference; standalone: wall time of "
               "`accel-proxy convert --format estargz docker://REG/bench/app:1 oci:D:x --src-tls-verify=false`; "
               "order alternates per repetition",
               "- warm: `curl` GETs of `/v2/bench/app/blobs/<digest>` (the largest converted layer) through the "

@@ -3,12 +3,14 @@
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "convert/gzip_members.hpp"
 #include "convert/sha256.hpp"
+#include "convert/streams.hpp"
 
 using namespace accel::convert;
 
@@ -155,4 +157,102 @@ TEST_CASE("ParallelGzipWriter output and digests do not depend on the thread cou
     // Every member, even an empty one, takes bytes.
     if (i + 1 < members.size()) CHECK(one_offsets[i] < one_offsets[i + 1]);
   }
+}
+
+// --- gzip input (open_decompressed) ---------------------------------------------------------
+
+namespace {
+
+struct MemorySource : ByteSource {
+  explicit MemorySource(std::string d) : data(std::move(d)) {}
+  size_t read(void* out, size_t size) override {
+    size_t n = std::min(size, data.size() - pos);
+    std::memcpy(out, data.data() + pos, n);
+    pos += n;
+    return n;
+  }
+  std::string data;
+  size_t pos = 0;
+};
+
+// Decompresses with open_decompressed, reading `piece` bytes at a time.
+std::string decompress(const std::string& gz, size_t piece) {
+  MemorySource source(gz);
+  Compression kind;
+  auto plain = open_decompressed(source, &kind);
+  CHECK(kind == Compression::gzip);
+  std::string out, buf(piece, '\0');
+  while (size_t n = plain->read(buf.data(), buf.size())) out.append(buf.data(), n);
+  return out;
+}
+
+// A member written by zlib with a file name, a comment and an extra field in its header.
+std::string zlib_gzip_with_header_fields(const std::string& input) {
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  gz_header h{};
+  char name[] = "layer.tar", comment[] = "made by the unit test";
+  unsigned char extra[] = {'A', 'P', 4, 0, 1, 2, 3, 4};
+  h.name = reinterpret_cast<Bytef*>(name);
+  h.comment = reinterpret_cast<Bytef*>(comment);
+  h.extra = extra;
+  h.extra_len = sizeof extra;
+  h.hcrc = 1;
+  REQUIRE(deflateSetHeader(&z, &h) == Z_OK);
+  std::string out(deflateBound(&z, input.size()) + 256, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
+  z.avail_in = static_cast<uInt>(input.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+std::string decompress_error(const std::string& gz) {
+  try {
+    decompress(gz, 65536);
+  } catch (const ConvertError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("gzip input: members in sequence, header fields, any read size") {
+  const std::string a = text_bytes(300000, 11), b = random_bytes(700000, 12), c;  // c: empty member
+  const std::string d = text_bytes(5000, 13);
+  const std::string gz = gzip_member(a.data(), a.size(), 6) + gzip_member(b.data(), b.size(), 6) +
+                         gzip_member(c.data(), c.size(), 6) + zlib_gzip_with_header_fields(d) +
+                         gzip_member(d.data(), d.size(), 1);
+  for (size_t piece : {size_t{1}, size_t{7}, size_t{4096}, size_t{1} << 20})
+    CHECK(decompress(gz, piece) == a + b + c + d + d);
+}
+
+TEST_CASE("gzip input: corruption is an error, never short data") {
+  const std::string text = text_bytes(200000, 14);
+  const std::string good = gzip_member(text.data(), text.size(), 6) + gzip_member(text.data(), text.size(), 6);
+  REQUIRE(decompress(good, 65536) == text + text);
+
+  std::string bad_crc = good;
+  bad_crc[bad_crc.size() - 8] ^= 1;  // the last member's CRC-32
+  CHECK_THAT(decompress_error(bad_crc), Catch::Contains("trailer"));
+
+  std::string bad_size = good;
+  bad_size[bad_size.size() - 1] ^= 1;  // the last member's ISIZE
+  CHECK_THAT(decompress_error(bad_size), Catch::Contains("trailer"));
+
+  CHECK_THAT(decompress_error(good.substr(0, good.size() - 3)), Catch::Contains("truncated"));
+  CHECK_THAT(decompress_error(good.substr(0, good.size() / 3)), Catch::Contains("truncated"));
+  CHECK_THAT(decompress_error(good + "garbage"), Catch::Contains("trailing garbage"));
+
+  std::string bad_block = good;
+  bad_block[12] = static_cast<char>(0xff);  // inside the first member's first deflate block header
+  CHECK_FALSE(decompress_error(bad_block).empty());
+
+  std::string bad_method = good;
+  bad_method[2] = 7;  // compression method other than deflate
+  CHECK_THAT(decompress_error(bad_method), Catch::Contains("corrupt"));
 }
