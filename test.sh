@@ -28,7 +28,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/unit-t
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
-fuzz_targets=(range route upstream_json tar)
+fuzz_targets=(range route upstream_json tar estargz)
 cmake --build build-fuzz -j"$jobs" --target "${fuzz_targets[@]/#/fuzz-}"
 for target in "${fuzz_targets[@]}"; do
   work=$(mktemp -d)

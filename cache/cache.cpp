@@ -86,6 +86,9 @@ struct MappingTable {
 std::string reference(const MappingTable& table, std::string_view key) { return table.kind + std::string(key); }
 
 // Copies of every (key, value) of a database: lets the caller then modify it in the same txn.
+// Member keys start with the digest, so that removing a blob finds its rows by prefix.
+std::string member_key(const std::string& digest, const std::string& scope) { return digest + '\0' + scope; }
+
 std::vector<std::pair<std::string, std::string>> all_entries(lmdb::Txn& txn, MDB_dbi db) {
   std::vector<std::pair<std::string, std::string>> entries;
   txn.scan(db, "", [&](std::string_view key, std::string_view value) {
@@ -113,6 +116,7 @@ struct Cache::Impl {
   std::optional<VariantRecord> mapping(const MappingTable& table, const std::string& key);
   void delete_mapping(lmdb::Txn& txn, const MappingTable& table, const std::string& key);
   void delete_mappings_needing(lmdb::Txn& txn, const std::string& digest);
+  void delete_members_of(lmdb::Txn& txn, const std::string& digest);
 
   // --- space
   std::vector<std::string> evict();
@@ -250,6 +254,15 @@ void Cache::Impl::delete_mappings_needing(lmdb::Txn& txn, const std::string& dig
   }
 }
 
+void Cache::Impl::delete_members_of(lmdb::Txn& txn, const std::string& digest) {
+  std::vector<std::string> keys;
+  txn.scan(members, member_key(digest, ""), [&](std::string_view key, std::string_view) {
+    keys.emplace_back(key);
+    return true;
+  });
+  for (const auto& key : keys) txn.del(members, key);
+}
+
 // --- space ------------------------------------------------------------------------------------
 
 std::vector<std::string> Cache::Impl::evict() {
@@ -311,6 +324,7 @@ std::vector<std::string> Cache::Impl::remove_blobs(const RemovalClaims& claims, 
       if (only_unreferenced && txn.get(blob_refs, digest)) continue;  // a mapping arrived meanwhile
       freed += decode_blob_entry(*value).size;
       delete_mappings_needing(txn, digest);
+      delete_members_of(txn, digest);
       txn.del(blobs, digest);
       removed.push_back(digest);
     }
@@ -364,6 +378,9 @@ void Cache::Impl::reconcile() {
         txn.del(blobs, digest);
       }
     }
+    // Members of blobs that are gone (and rows of an older key layout, scope first) go too.
+    for (const auto& [key, value] : all_entries(txn, members))
+      if (!indexed.contains(key.substr(0, key.find('\0')))) txn.del(members, key);
     txn.clear(blob_refs);
     for (const MappingTable* table : {&manifests, &layers}) {
       for (const auto& [key, value] : all_entries(txn, table->db)) {
@@ -413,6 +430,11 @@ std::vector<std::string> Cache::Impl::check() {
       if (!indexed.contains(digest)) problems.push_back("file without index entry: " + store.path_of(digest));
     for (const auto& stray : listing.strays) problems.push_back("stray file: " + stray);
     check_mappings(txn, problems);
+    txn.scan(members, "", [&](std::string_view key, std::string_view) {
+      std::string digest(key.substr(0, key.find('\0')));
+      if (!indexed.contains(digest)) problems.push_back("member row without blob: " + digest);
+      return true;
+    });
   });
   return problems;
 }
@@ -565,13 +587,13 @@ std::optional<std::string> Cache::tag(const std::string& key) {
 }
 
 void Cache::put_member(const std::string& scope, const std::string& digest, const std::string& proof) {
-  std::string key = scope + '\0' + digest;
+  std::string key = member_key(digest, scope);
   check_key(key, "member");
   impl_->index.write([&](lmdb::Txn& txn) { txn.put(impl_->members, key, proof); });
 }
 
 std::optional<std::string> Cache::member(const std::string& scope, const std::string& digest) {
-  std::string key = scope + '\0' + digest;
+  std::string key = member_key(digest, scope);
   if (key.size() > kMaxKeyBytes) return std::nullopt;
   return impl_->index.read([&](lmdb::Txn& txn) -> std::optional<std::string> {
     auto value = txn.get(impl_->members, key);

@@ -217,7 +217,9 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
   // Anything we made for this repository, asked for by digest (blobs, child manifests, and the
   // variant manifest itself after a client resolved its tag).
   if (route.kind == RouteKind::blob || (route.kind == RouteKind::manifest && route.reference_is_digest())) {
-    if (auto proof = cache.member(scope, route.reference)) {
+    // A row whose blob was evicted meanwhile does not count: the upstream may have the object.
+    auto proof = cache.member(scope, route.reference);
+    if (proof && cache.blob(route.reference)) {
       if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
       co_await serve_cached(ctx, request, client, route.reference, route.kind == RouteKind::blob ? "blob" : "manifest");
       co_return true;

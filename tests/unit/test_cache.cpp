@@ -354,6 +354,41 @@ TEST_CASE("evicting a blob removes the mappings that need it", "[cache]") {
   CHECK(cache.check().empty());
 }
 
+TEST_CASE("removing a blob removes its membership rows; a reopen drops rows without a blob", "[cache]") {
+  TempDir dir;
+  ManualClock clock;
+  CacheLimits limits;
+  limits.max_bytes = 150;
+  std::string old_blob, new_blob;
+  {
+    Cache cache(dir.path(), limits, clock.clock());
+    old_blob = write_blob(cache, std::string(100, 'o'));
+    clock.advance(seconds(1));
+    new_blob = write_blob(cache, std::string(100, 'n'));
+    for (const std::string& scope : {"up/app", "up/other", "up/app/sub"}) {
+      cache.put_member(scope, old_blob, "manifest:" + kSource);
+      cache.put_member(scope, new_blob, "manifest:" + kSource);
+    }
+    REQUIRE(cache.member("up/app", old_blob) == "manifest:" + kSource);
+
+    CHECK(cache.evict() == 1);
+    for (const std::string& scope : {"up/app", "up/other", "up/app/sub"}) {
+      CHECK_FALSE(cache.member(scope, old_blob));
+      CHECK(cache.member(scope, new_blob) == "manifest:" + kSource);
+    }
+    CHECK(cache.check().empty());
+
+    // A row for a blob the cache does not hold is a problem the checker reports...
+    cache.put_member("up/app", std::string("sha256:") + std::string(64, 'e'), "manifest:" + kSource);
+    CHECK(cache.check().size() == 1);
+  }
+  // ...and a reopen removes.
+  Cache cache(dir.path(), limits, clock.clock());
+  CHECK(cache.check().empty());
+  CHECK_FALSE(cache.member("up/app", std::string("sha256:") + std::string(64, 'e')));
+  CHECK(cache.member("up/other", new_blob) == "manifest:" + kSource);
+}
+
 TEST_CASE("garbage collection removes old blobs no mapping needs", "[cache]") {
   TempDir dir;
   ManualClock clock;
