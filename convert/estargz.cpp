@@ -134,7 +134,7 @@ class EstargzWriter {
     e.name = std::string(name);
     e.size = 1;
     char content = kLandmarkContents;
-    MemorySource source(&content, 1);
+    MemorySource source(std::string_view(&content, 1));
     add_entry(e, source);
   }
 
@@ -203,22 +203,6 @@ class EstargzWriter {
   HashingSink& uncompressed() { return diff_; }
 
  private:
-  // Reads a whole buffer from a source whose content length is known.
-  class MemorySource : public ByteSource {
-   public:
-    MemorySource(const char* data, size_t size) : data_(data), size_(size) {}
-    size_t read(void* out, size_t size) override {
-      size_t n = std::min(size, size_ - pos_);
-      std::memcpy(out, data_ + pos_, n);
-      pos_ += n;
-      return n;
-    }
-
-   private:
-    const char* data_;
-    size_t size_, pos_ = 0;
-  };
-
   static size_t padding(uint64_t size) { return static_cast<size_t>((512 - size % 512) % 512); }
 
   void append(std::string_view bytes) {

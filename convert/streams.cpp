@@ -1,5 +1,6 @@
 #include "convert/streams.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -88,6 +89,13 @@ void FileSink::commit() {
 }
 
 // --- hashing wrappers -------------------------------------------------------------------------
+
+size_t MemorySource::read(void* out, size_t size) {
+  size_t n = std::min({size, max_read_, bytes_.size() - position_});
+  std::memcpy(out, bytes_.data() + position_, n);
+  position_ += n;
+  return n;
+}
 
 size_t HashingSource::read(void* out, size_t size) {
   size_t n = inner_.read(out, size);

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "convert/byte_source.hpp"
@@ -71,6 +73,27 @@ class HashingSink : public ByteSink {
   ByteSink* inner_;
   Sha256 hash_;
   uint64_t bytes_ = 0;
+};
+
+// Reads bytes the caller keeps alive, at most `max_read` of them per call (small values
+// exercise partial reads in tests).
+class MemorySource : public ByteSource {
+ public:
+  explicit MemorySource(std::string_view bytes, size_t max_read = SIZE_MAX) : bytes_(bytes), max_read_(max_read) {}
+  size_t read(void* out, size_t size) override;
+  size_t position() const { return position_; }
+
+ private:
+  std::string_view bytes_;
+  size_t max_read_;
+  size_t position_ = 0;
+};
+
+// Collects everything written to it (small objects, tests).
+class StringSink : public ByteSink {
+ public:
+  void write(const void* data, size_t size) override { this->data.append(static_cast<const char*>(data), size); }
+  std::string data;
 };
 
 // Wraps `compressed` in the decompressor its first bytes call for (gzip 1f 8b, zstd 28 b5 2f fd,

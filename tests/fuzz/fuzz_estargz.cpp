@@ -25,28 +25,6 @@ using namespace accel::convert;
 
 namespace {
 
-class StringSource : public ByteSource {
- public:
-  StringSource(const char* data, size_t size) : data_(data), size_(size) {}
-  size_t read(void* out, size_t want) override {
-    size_t n = std::min(want, size_ - position_);
-    std::memcpy(out, data_ + position_, n);
-    position_ += n;
-    return n;
-  }
-
- private:
-  const char* data_;
-  size_t size_;
-  size_t position_ = 0;
-};
-
-class StringSink : public ByteSink {
- public:
-  void write(const void* data, size_t size) override { data_.append(static_cast<const char*>(data), size); }
-  std::string data_;
-};
-
 constexpr uint64_t kMaxBytes = 1 << 20;  // keeps every run fast (sparse files expand)
 
 TarLimits fuzz_limits() {
@@ -79,7 +57,7 @@ std::string read_all(Source& source) {
 // The first `n` decompressed bytes of the gzip members starting at `offset` in `blob`.
 std::string inflate_at(const std::string& blob, uint64_t offset, uint64_t n) {
   if (offset >= blob.size()) __builtin_trap();
-  StringSource source(blob.data() + offset, blob.size() - offset);
+  MemorySource source(std::string_view(blob).substr(offset));
   auto plain = open_decompressed(source);
   std::string out(n, '\0');
   size_t got = 0;
@@ -95,10 +73,10 @@ void check_blob(const std::string& blob, const ConvertedLayer& layer, const std:
   if (Sha256::of(blob) != layer.digest || blob.size() != layer.size) __builtin_trap();
 
   // The whole blob is one tar.gz.
-  StringSource compressed(blob.data(), blob.size());
+  MemorySource compressed(blob);
   std::string tar = read_all(*open_decompressed(compressed));
   if (Sha256::of(tar) != layer.diff_id || tar.size() != layer.uncompressed_size) __builtin_trap();
-  StringSource tar_source(tar.data(), tar.size());
+  MemorySource tar_source(tar);
   TarLimits limits = fuzz_limits();
   limits.max_total_bytes = limits.max_entry_bytes = 64 << 20;  // the TOC is content too
   TarReader reader(tar_source, limits);
@@ -123,7 +101,7 @@ void check_blob(const std::string& blob, const ConvertedLayer& layer, const std:
   const std::string footer = blob.substr(blob.size() - 51);
   if (footer.compare(32, 6, "STARGZ") != 0) __builtin_trap();
   const uint64_t toc_offset = std::stoull(footer.substr(16, 16), nullptr, 16);
-  StringSource toc_member(blob.data() + toc_offset, blob.size() - 51 - toc_offset);
+  MemorySource toc_member(std::string_view(blob).substr(toc_offset, blob.size() - 51 - toc_offset));
   std::string toc_tar = read_all(*open_decompressed(toc_member));
   if (toc_tar.find(toc) == std::string::npos) __builtin_trap();
   if (Sha256::of(toc) != layer.annotations.at(std::string(kEstargzTocDigestAnnotation))) __builtin_trap();
@@ -171,7 +149,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<Expected> expected;
   bool readable = true;
   try {
-    StringSource source(bytes, size);
+    MemorySource source(std::string_view(bytes, size));
     TarReader reader(source, fuzz_limits());
     TarEntry entry;
     while (reader.next(entry)) {
@@ -188,7 +166,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.compression_level = 1 + size % 3;
   options.chunk_size = 64 + size % 1000;  // small: large files split into many chunks
   options.max_uncompressed_bytes = kMaxBytes;
-  StringSource source(bytes, size);
+  MemorySource source(std::string_view(bytes, size));
   StringSink sink;
   ConvertedLayer layer;
   try {
@@ -197,6 +175,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;  // refused: also when the input read cleanly (e.g. a name tar cannot re-encode)
   }
   if (!readable) __builtin_trap();  // converted something the tar reader refuses
-  check_blob(sink.data_, layer, expected);
+  check_blob(sink.data, layer, expected);
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "convert/streams.hpp"
 #include "convert/tar.hpp"
 
 using namespace accel::convert;
@@ -29,27 +30,6 @@ class InputSource : public ByteSource {
   const uint8_t* data_;
   size_t size_;
   size_t position_ = 0;
-};
-
-class StringSource : public ByteSource {
- public:
-  explicit StringSource(const std::string& data) : data_(data) {}
-  size_t read(void* out, size_t want) override {
-    size_t n = std::min(want, data_.size() - position_);
-    std::memcpy(out, data_.data() + position_, n);
-    position_ += n;
-    return n;
-  }
-
- private:
-  const std::string& data_;
-  size_t position_ = 0;
-};
-
-class StringSink : public ByteSink {
- public:
-  void write(const void* data, size_t size) override { data_.append(static_cast<const char*>(data), size); }
-  std::string data_;
 };
 
 // Small limits keep every run fast: a sparse file may expand to at most max_entry_bytes.
@@ -80,7 +60,7 @@ void check_round_trip(const TarEntry& entry, const std::string& content) {
   }
   writer.write_content(content.data(), content.size());
   writer.finish();
-  StringSource source(sink.data_);
+  MemorySource source(sink.data);
   TarLimits limits = fuzz_limits();
   limits.max_header_bytes = 4 << 20;  // re-encoded records may be a little longer
   TarReader reader(source, limits);
@@ -91,7 +71,7 @@ void check_round_trip(const TarEntry& entry, const std::string& content) {
   while (size_t n = reader.read(back_content.data() + got, back_content.size() - got)) got += n;
   if (got != content.size() || back_content.compare(0, got, content) != 0) __builtin_trap();
   if (reader.next(back)) __builtin_trap();
-  if (reader.bytes_consumed() != sink.data_.size()) __builtin_trap();
+  if (reader.bytes_consumed() != sink.data.size()) __builtin_trap();
 }
 
 }  // namespace

@@ -56,11 +56,6 @@ std::string gunzip(const std::string& gz) {
   return out;
 }
 
-struct StringSink : ByteSink {
-  std::string data;
-  void write(const void* p, size_t n) override { data.append(static_cast<const char*>(p), n); }
-};
-
 }  // namespace
 
 TEST_CASE("looks_incompressible tells random data from compressible data") {
@@ -162,18 +157,6 @@ TEST_CASE("ParallelGzipWriter output and digests do not depend on the thread cou
 // --- gzip input (open_decompressed) ---------------------------------------------------------
 
 namespace {
-
-struct MemorySource : ByteSource {
-  explicit MemorySource(std::string d) : data(std::move(d)) {}
-  size_t read(void* out, size_t size) override {
-    size_t n = std::min(size, data.size() - pos);
-    std::memcpy(out, data.data() + pos, n);
-    pos += n;
-    return n;
-  }
-  std::string data;
-  size_t pos = 0;
-};
 
 // Decompresses with open_decompressed, reading `piece` bytes at a time.
 std::string decompress(const std::string& gz, size_t piece) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "convert/tar.hpp"
+#include "convert/streams.hpp"
 #include "convert/tar_format.hpp"
 
 using namespace accel::convert;
@@ -45,12 +46,6 @@ class StringSource : public ByteSource {
   std::string data_;
   size_t max_chunk_;
   size_t position_ = 0;
-};
-
-class StringSink : public ByteSink {
- public:
-  void write(const void* data, size_t size) override { data_.append(static_cast<const char*>(data), size); }
-  std::string data_;
 };
 
 struct Item {
@@ -258,8 +253,8 @@ std::string write_items(const std::vector<Item>& items) {
     writer.pad();
   }
   writer.finish();
-  CHECK(writer.bytes_written() == sink.data_.size());
-  return sink.data_;
+  CHECK(writer.bytes_written() == sink.data.size());
+  return sink.data;
 }
 
 void check_round_trip(const std::vector<Item>& items) {
@@ -1149,7 +1144,7 @@ TEST_CASE("tar: writer errors and padding", "[tar]") {
   writer.write_header(d);
   writer.finish();
   CHECK(writer.bytes_written() == 2560);
-  auto items = read_all(sink.data_);
+  auto items = read_all(sink.data);
   REQUIRE(items.size() == 2);
   CHECK(items[0].content == "abc");
   CHECK(items[1].entry.size == 0);
