@@ -186,7 +186,7 @@ net::awaitable<bool> wait_for(std::shared_ptr<ConversionJob> job, Duration limit
   auto executor = co_await net::this_coro::executor;
   auto timer = std::make_shared<net::steady_timer>(executor, limit);
   job->on_finished([timer, executor] { net::post(executor, [timer] { timer->cancel(); }); });
-  auto [ec] = co_await timer->async_wait(use_tuple);
+  co_await timer->async_wait(use_tuple);  // cancelled (finished) or expired: the state tells
   auto state = job->state();
   co_return state == ConversionJob::State::done || state == ConversionJob::State::failed;
 }

@@ -365,14 +365,14 @@ TEST_CASE("removing a blob removes its membership rows; a reopen drops rows with
     old_blob = write_blob(cache, std::string(100, 'o'));
     clock.advance(seconds(1));
     new_blob = write_blob(cache, std::string(100, 'n'));
-    for (const std::string& scope : {"up/app", "up/other", "up/app/sub"}) {
+    for (const char* scope : {"up/app", "up/other", "up/app/sub"}) {
       cache.put_member(scope, old_blob, "manifest:" + kSource);
       cache.put_member(scope, new_blob, "manifest:" + kSource);
     }
     REQUIRE(cache.member("up/app", old_blob) == "manifest:" + kSource);
 
     CHECK(cache.evict() == 1);
-    for (const std::string& scope : {"up/app", "up/other", "up/app/sub"}) {
+    for (const char* scope : {"up/app", "up/other", "up/app/sub"}) {
       CHECK_FALSE(cache.member(scope, old_blob));
       CHECK(cache.member(scope, new_blob) == "manifest:" + kSource);
     }
