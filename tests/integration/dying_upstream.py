@@ -1,8 +1,10 @@
-"""A fake upstream registry that breaks a blob download in the middle.
+"""A fake upstream registry that breaks downloads in the middle.
 
-It answers /v2/ like a registry, and a blob GET with `Content-Length: 1000000` followed by
-only 1000 bytes before closing the connection. A proxy must pass that failure on (the
-client's read is incomplete) and never end the response as if it were whole.
+It answers /v2/ like a registry; a blob GET with `Content-Length: 1000000` followed by only
+1000 bytes before closing the connection; and, for the blob SMALL_DIGEST and any manifest,
+`Content-Length: 20000` and again 1000 bytes (small bodies take the proxy's copying path,
+large ones its splice path). A proxy must pass the failure on (the client's read is
+incomplete) and never end the response as if it were whole.
 """
 import hashlib
 import socketserver
@@ -11,6 +13,8 @@ import threading
 from ports import free_port
 
 PROMISED = 1_000_000
+SMALL_PROMISED = 20_000
+SMALL_DIGEST = "sha256:" + "2" * 64
 SENT = 1000
 DATA = bytes(i % 251 for i in range(PROMISED))
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -24,9 +28,13 @@ class _Handler(socketserver.StreamRequestHandler):
         method, path = (request_line.split(" ") + ["", ""])[:2]
         if path.split("?")[0] == "/v2/":
             self._send(200, b"{}", "application/json")
-        elif "/blobs/" in path:
-            head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                    f"Content-Length: {PROMISED}\r\nDocker-Content-Digest: {DIGEST}\r\n"
+        elif "/blobs/" in path or "/manifests/" in path:
+            small = path.endswith(SMALL_DIGEST) or "/manifests/" in path
+            ctype = ("application/vnd.oci.image.manifest.v1+json" if "/manifests/" in path
+                     else "application/octet-stream")
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {SMALL_PROMISED if small else PROMISED}\r\n"
+                    f"Docker-Content-Digest: {DIGEST}\r\n"
                     f"Docker-Distribution-API-Version: registry/2.0\r\n"
                     f"Connection: close\r\n\r\n").encode()
             self.wfile.write(head)

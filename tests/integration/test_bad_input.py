@@ -11,7 +11,7 @@ import images
 import prom
 import rawhttp
 from checks import assert_healthy, assert_oci_error
-from dying_upstream import DyingUpstream, PROMISED
+from dying_upstream import DyingUpstream, PROMISED, SMALL_DIGEST, SMALL_PROMISED
 from proxy import upstream
 
 NAME_ERRORS = {"NAME_INVALID", "NAME_UNKNOWN"}
@@ -192,17 +192,22 @@ def dying_upstream():
     fake.stop()
 
 
-def test_upstream_dies_mid_stream(proxy_factory, dying_upstream):
+@pytest.mark.parametrize("path,promised", [
+    ("/v2/x/y/blobs/sha256:" + "1" * 64, PROMISED),  # large: the splice path
+    ("/v2/x/y/blobs/" + SMALL_DIGEST, SMALL_PROMISED),  # small: copied
+    ("/v2/x/y/manifests/latest", SMALL_PROMISED),
+], ids=["large-blob", "small-blob", "manifest"])
+def test_upstream_dies_mid_stream(proxy_factory, dying_upstream, path, promised):
     p = proxy_factory([upstream("dying", dying_upstream.url)])
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)
     try:
-        conn.request("GET", "/v2/x/y/blobs/sha256:" + "1" * 64)
+        conn.request("GET", path)
         resp = conn.getresponse()
         if resp.status == 200:
             # http.client raises IncompleteRead when a Content-Length or chunked body ends early.
             with pytest.raises((http.client.IncompleteRead, ConnectionError)):
                 body = resp.read()
-                pytest.fail(f"client got a complete {len(body)}-byte body (promised {PROMISED})")
+                pytest.fail(f"client got a complete {len(body)}-byte body (promised {promised})")
         else:
             # Refusing before any byte was sent is also honest: an error, not a short blob.
             assert resp.status >= 500
