@@ -807,41 +807,17 @@ class Bench:
         return self.compose()
 
     def compose(self):
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cpu = "?"
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) / (1 << 20)
-        kernel = os.uname().release
-        rev = subprocess.run(["git", "-C", self.root, "rev-parse", "--short", "HEAD"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", self.root, "status", "--porcelain", "--untracked-files=no"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        built = datetime.datetime.fromtimestamp(os.path.getmtime(self.accel), datetime.timezone.utc)
+        now, host, binary, notes = block_facts(self.root, self.accel, self.notes)
         mode = (f"quick (smoke run: {self.big_total // MiB} MiB big layer, {self.reps} repetition; "
                 "not comparable with full runs)") if self.quick else f"full ({self.reps} repetitions, median)"
         paused = f", of which {STATS['paused_s']:.0f} s paused for other load" if STATS["paused_s"] >= 1 else ""
-        notes = list(self.notes)
-        if STATS["retaken"]:
-            notes.append(f"{STATS['retaken']} sample(s) taken again because other processes used CPU")
-        if STATS["disturbed"]:
-            d = STATS["disturbed"]
-            notes.append(f"**{len(d)} sample(s) disturbed by other load (treat those numbers as void): "
-                         + "; ".join(d[:8]) + (f"; and {len(d) - 8} more" if len(d) > 8 else "") + "**")
         big = self.info.get("big", {})
         md = [f"### convert, {now}", "",
               f"- command: `{self.cmd}` (mode: {mode}; {self.elapsed:.0f} s measuring{paused}, "
               f"{self.elapsed_total:.0f} s in all)",
-              f"- host: kernel `{kernel}`, `nproc` {NPROC}, CPU `{cpu}`, {mem:.0f} GiB RAM; "
-              f"load average at start {' '.join(f'{x:.2f}' for x in self.load_start)}, at end "
-              f"{' '.join(f'{x:.2f}' for x in self.load_end)}",
-              f"- accel-proxy: `{self.accel}` built {built:%Y-%m-%d %H:%M} UTC, repo at {rev}"
-              f"{' (with uncommitted changes)' if dirty else ''}; `convert-layer --format estargz IN.tar.gz OUT`, "
-              "default options",
+              f"- host: {host}; load average at start {' '.join(f'{x:.2f}' for x in self.load_start)}, "
+              f"at end {' '.join(f'{x:.2f}' for x in self.load_end)}",
+              f"- accel-proxy: {binary}; `convert-layer --format estargz IN.tar.gz OUT`, default options",
               f"- reference: `estargz-ref-build IN.tar.gz OUT` (Debian stargz-snapshotter 0.12 `estargz.Build`, "
               f"gzip level 9, 4 MiB chunks, GOMAXPROCS {NPROC})",
               f"- inputs: `tests/integration/layers.py --gzip` (debian_like, many_small, few_large) and a "
@@ -858,6 +834,64 @@ class Bench:
                f"{self.misses} of {self.ntargets} checks missed "
                f"({self.big_misses} of {self.big_targets} on the big layer)."]
         return "\n".join(md)
+
+
+def block_facts(root, accel, notes):
+    """For a results block's header: the time, the host, the binary under test (build time,
+    commit), and the run's notes with the load guard's retaken and disturbed samples."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / (1 << 20)
+    host = f"kernel `{os.uname().release}`, `nproc` {NPROC}, CPU `{cpu}`, {mem:.0f} GiB RAM"
+    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    built = datetime.datetime.fromtimestamp(os.path.getmtime(accel), datetime.timezone.utc)
+    binary = (f"`{accel}` built {built:%Y-%m-%d %H:%M} UTC, repo at {rev}"
+              f"{' (with uncommitted changes)' if dirty else ''}")
+    notes = list(notes)
+    if STATS["retaken"]:
+        notes.append(f"{STATS['retaken']} sample(s) taken again because other processes used CPU")
+    if STATS["disturbed"]:
+        d = STATS["disturbed"]
+        notes.append(f"**{len(d)} sample(s) disturbed by other load (treat those numbers as void): "
+                     + "; ".join(d[:8]) + (f"; and {len(d) - 8} more" if len(d) > 8 else "") + "**")
+    return now, host, binary, notes
+
+
+def kill_running():
+    """Kills the sample commands still running (on an interrupt or an error)."""
+    for p in list(RUNNING):
+        if p.returncode is None:
+            try:
+                p.kill()
+                p.wait()
+            except OSError:
+                pass
+
+
+def finish(md, root, write_results, missed):
+    """Prints the markdown block, appends it to bench/RESULTS.md if asked; the exit status
+    (3 when `missed` is true: --strict and a target or check was missed)."""
+    print(md)
+    print()
+    if write_results:
+        res = os.path.join(root, "bench", "RESULTS.md")
+        if not os.path.exists(res) or os.path.getsize(res) == 0:
+            with open(res, "w") as f:
+                f.write("# Benchmark results\n\nAppended by the `bench/` scripts with "
+                        "`--write-results`; see bench/README.md.\n")
+        with open(res, "a") as f:
+            f.write("\n" + md + "\n")
+        log(f"appended to {res}")
+    return 3 if missed else 0
 
 
 def main(argv):
@@ -884,29 +918,10 @@ def main(argv):
         log(f"error: {e}")
         return 2
     finally:
-        for p in list(RUNNING):
-            if p.returncode is None:
-                try:
-                    p.kill()
-                    p.wait()
-                except OSError:
-                    pass
+        kill_running()
         if b.tmp and os.path.isdir(b.tmp) and not b.keep_tmp:
             shutil.rmtree(b.tmp, ignore_errors=True)
-    print(md)
-    print()
-    if b.write_results:
-        res = os.path.join(b.root, "bench", "RESULTS.md")
-        if not os.path.exists(res) or os.path.getsize(res) == 0:
-            with open(res, "w") as f:
-                f.write("# Benchmark results\n\nAppended by the `bench/` scripts with "
-                        "`--write-results`; see bench/README.md.\n")
-        with open(res, "a") as f:
-            f.write("\n" + md + "\n")
-        log(f"appended to {res}")
-    if b.strict and b.misses:
-        return 3
-    return 0
+    return finish(md, b.root, b.write_results, b.strict and b.misses)
 
 
 if __name__ == "__main__":
