@@ -381,6 +381,13 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const End
   const bool head = request.method() == http::verb::head;
   const bool idempotent = head || request.method() == http::verb::get;
   request.prepare_payload();
+  // Serialized once, by hand: one buffer to write (and to write again on a retry) costs less
+  // than Beast's general serializer on this per-request path.
+  std::string wire;
+  wire.reserve(512 + request.body().size());
+  wire.append(request.method_string()).append(" ").append(request.target()).append(" HTTP/1.1\r\n");
+  for (const auto& f : request) wire.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+  wire.append("\r\n").append(request.body());
   for (int attempt = 0;; ++attempt) {
     std::unique_ptr<UpstreamConnection> c;
     if (auto it = idle_.find(endpoint.key()); it != idle_.end() && !it->second.empty()) {
@@ -392,7 +399,7 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const End
     const bool reused = c->reused;
     c->arm_timer();
     auto [wec, wn] = co_await std::visit(
-        [&](auto& s) { return http::async_write(s, request, use_tuple); }, c->stream);
+        [&](auto& s) { return net::async_write(s, net::buffer(wire), use_tuple); }, c->stream);
     error_code failure = wec;
     std::unique_ptr<UpstreamResponse> response;
     if (!failure) {
