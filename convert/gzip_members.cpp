@@ -11,7 +11,7 @@ namespace {
 
 // Incompressible-data test, in two steps. First every kBlockBytes block must look uniformly
 // random byte by byte (else Huffman coding alone would gain); the statistic is integer-only,
-// so the decision is the same on every machine. Then kSamples slices of kSampleBytes, spread
+// so the decision is the same on every machine. Then up to kMaxSamples slices of kSampleBytes, spread
 // evenly, must each fail to compress at level 1 (repeats that only LZ matching finds: a sample
 // spans twice deflate's 32 KiB window). Data under kMinSampledBytes is always deflated: testing
 // would cost too much of it.
