@@ -11,10 +11,10 @@ namespace {
 
 // Incompressible-data test, in two steps. First every kBlockBytes block must look uniformly
 // random byte by byte (else Huffman coding alone would gain); the statistic is integer-only,
-// so the decision is the same on every machine. Then up to kMaxSamples slices of kSampleBytes, spread
-// evenly, must each fail to compress at level 1 (repeats that only LZ matching finds: a sample
-// spans twice deflate's 32 KiB window). Data under kMinSampledBytes is always deflated: testing
-// would cost too much of it.
+// so the decision is the same on every machine. Then up to kMaxSamples slices of kSampleBytes,
+// spread evenly, must each fail to compress at level 1 (repeats that only LZ matching finds: a
+// sample spans twice deflate's 32 KiB window). Data under kMinSampledBytes is always deflated:
+// testing would cost too much of it.
 constexpr size_t kBlockBytes = 4096;
 // Chi-square of a block's byte counts against uniform, 256·Σc²/n − n, is about 255 ± 23 for
 // random bytes and in the thousands for text or code.
