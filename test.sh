@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests and integration tests against real registries and
-# clients (ctest), then the unit tests under AddressSanitizer + UndefinedBehaviorSanitizer, then
-# a short libFuzzer run of every fuzz target. Installs what it needs first (Debian 12).
+# clients (ctest), then the unit tests and the pass-through integration tests under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then a short libFuzzer run of every fuzz
+# target (also under the sanitizers). Installs what it needs first (Debian 12).
 #   ./test.sh            everything
 #   ./test.sh --quick    skip the sanitizer build and the fuzz run
 set -euo pipefail
@@ -25,6 +26,16 @@ echo "== unit tests under ASan + UBSan (build-asan/)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DACCEL_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs" --target unit-tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/unit-tests
+
+echo "== pass-through integration tests against the ASan + UBSan proxy"
+# The network paths (sockets, splice, parsing, pools) under real clients; the conversion code
+# runs under the sanitizers in the unit tests and the fuzzers.
+cmake --build build-asan -j"$jobs" --target accel-proxy
+(cd tests/integration &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+    test_passthrough.py test_range.py test_bad_input.py test_tags_referrers.py test_routing.py \
+    test_auth.py test_operations.py test_tls.py)
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
