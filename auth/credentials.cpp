@@ -37,6 +37,13 @@ Credentials parse_credentials(std::string_view s) {
   return {std::string(s.substr(0, colon)), std::string(s.substr(colon + 1))};
 }
 
+bool secret_matches(std::string_view given, std::string_view expected) {
+  if (expected.empty() || given.size() != expected.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  return diff == 0;
+}
+
 std::string basic_authorization(const Credentials& c) { return "Basic " + base64_encode(c.username + ":" + c.password); }
 
 std::optional<std::string> token_request_url(const Challenge& challenge, std::string_view scope) {

@@ -33,4 +33,8 @@ std::optional<std::string> parse_token_response(std::string_view body);
 // username/password). Hosts are matched as written, with or without an https:// prefix.
 std::optional<Credentials> credentials_from_docker_config(std::string_view config_json, std::string_view registry_host);
 
+// Whether a presented shared secret (a webhook's Authorization header) equals the configured
+// one, in time that does not depend on where they differ. An empty `expected` matches nothing.
+bool secret_matches(std::string_view given, std::string_view expected);
+
 }  // namespace accel

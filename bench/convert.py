@@ -894,6 +894,31 @@ def finish(md, root, write_results, missed):
     return 3 if missed else 0
 
 
+def run_bench(b, errors=(), cleanup=None):
+    """Runs `b.run()` (SIGTERM and SIGHUP count as Ctrl-C), cleans up whatever happens (sample
+    commands, `cleanup()`, the temp dir unless kept) and prints the block: the exit status
+    (130 interrupted, 2 on a SetupError or one of `errors`, else as finish() says)."""
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        md = b.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except (SetupError, *errors) as e:
+        log(f"error: {e}")
+        return 2
+    finally:
+        kill_running()
+        if cleanup:
+            cleanup()
+        if b.tmp and os.path.isdir(b.tmp) and not b.keep_tmp:
+            shutil.rmtree(b.tmp, ignore_errors=True)
+    return finish(md, b.root, b.write_results, b.strict and b.misses)
+
+
 def main(argv):
     if len(argv) >= 1 and argv[0] == "make-big-layer":
         facts = make_big_layer(argv[1], int(argv[2]))
@@ -903,25 +928,7 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    b = Bench(argv[1:])
-    try:
-        md = b.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except SetupError as e:
-        log(f"error: {e}")
-        return 2
-    finally:
-        kill_running()
-        if b.tmp and os.path.isdir(b.tmp) and not b.keep_tmp:
-            shutil.rmtree(b.tmp, ignore_errors=True)
-    return finish(md, b.root, b.write_results, b.strict and b.misses)
+    return run_bench(Bench(argv[1:]))
 
 
 if __name__ == "__main__":

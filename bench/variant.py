@@ -778,30 +778,10 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    b = Bench(argv[1:])
-    try:
-        md = b.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except (SetupError, cv.SetupError) as e:
-        log(f"error: {e}")
-        return 2
-    except RuntimeError as e:
-        log(f"error: {e}")
-        return 2
-    finally:
-        cv.kill_running()
+    def stop_servers():
         for p in list(SERVERS):
             stop_server(p, timeout=5)
-        if b.tmp and os.path.isdir(b.tmp) and not b.keep_tmp:
-            shutil.rmtree(b.tmp, ignore_errors=True)
-    return cv.finish(md, b.root, b.write_results, b.strict and b.misses)
+    return cv.run_bench(Bench(argv[1:]), errors=(SetupError, RuntimeError), cleanup=stop_servers)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
 //
 // Index databases:
 //   blobs              digest -> BlobEntry
-//   manifest_variants  key -> VariantRecord (keys start with the source digest, so
-//                      variants_of() is a prefix scan)
+//   manifest_variants  key -> VariantRecord (keys start with the caller's name for the
+//                      source and a '|', so variants_of() is a prefix scan)
 //   layer_variants     key -> VariantRecord
 //   blob_refs          digest -> kind + mapping key, one duplicate per mapping that needs the
 //                      blob (MDB_DUPSORT; kind 'm' or 'l'): eviction and GC find a blob's
 //                      mappings without scanning them all. Derived: rebuilt at every open.
 //   tags               key -> TagEntry
 //   failures           key -> FailureRecord
+//   members            digest + NUL + scope -> proof (removed with the blob; see put_member)
 #include "cache/cache.hpp"
 
 #include <fcntl.h>
@@ -85,10 +86,10 @@ struct MappingTable {
 
 std::string reference(const MappingTable& table, std::string_view key) { return table.kind + std::string(key); }
 
-// Copies of every (key, value) of a database: lets the caller then modify it in the same txn.
 // Member keys start with the digest, so that removing a blob finds its rows by prefix.
 std::string member_key(const std::string& digest, const std::string& scope) { return digest + '\0' + scope; }
 
+// Copies of every (key, value) of a database: lets the caller then modify it in the same txn.
 std::vector<std::pair<std::string, std::string>> all_entries(lmdb::Txn& txn, MDB_dbi db) {
   std::vector<std::pair<std::string, std::string>> entries;
   txn.scan(db, "", [&](std::string_view key, std::string_view value) {
@@ -552,10 +553,10 @@ void Cache::put_layer_variant(const std::string& key, const VariantRecord& recor
 
 std::optional<VariantRecord> Cache::layer_variant(const std::string& key) { return impl_->mapping(impl_->layers, key); }
 
-std::vector<std::pair<std::string, VariantRecord>> Cache::variants_of(const std::string& source_digest) {
+std::vector<std::pair<std::string, VariantRecord>> Cache::variants_of(const std::string& source_key) {
   std::vector<std::pair<std::string, VariantRecord>> variants;
   impl_->index.read([&](lmdb::Txn& txn) {
-    txn.scan(impl_->manifests.db, source_digest + "|", [&](std::string_view key, std::string_view value) {
+    txn.scan(impl_->manifests.db, source_key + "|", [&](std::string_view key, std::string_view value) {
       variants.emplace_back(std::string(key), decode_variant(value));
       return true;
     });

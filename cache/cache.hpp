@@ -115,15 +115,16 @@ class Cache {
   };
   Pin pin(const std::string& digest);
 
-  // --- mappings: key = source digest + "|" + format + "|" + options (the caller builds it)
+  // --- mappings: key = the caller's name for the source (a digest, or a digest qualified by
+  // where it came from) + "|" + format + "|" + options; the caller builds it.
   // put_* throws CacheError if a blob in `record.blobs` is not cached (e.g. evicted meanwhile):
   // a mapping never names a missing blob. Keys are at most 500 bytes.
   void put_manifest_variant(const std::string& key, const VariantRecord& record);
   std::optional<VariantRecord> manifest_variant(const std::string& key);
   void put_layer_variant(const std::string& key, const VariantRecord& record);
   std::optional<VariantRecord> layer_variant(const std::string& key);
-  // Every manifest variant whose key starts with `source_digest` + "|" (for referrers).
-  std::vector<std::pair<std::string, VariantRecord>> variants_of(const std::string& source_digest);
+  // Every manifest variant whose key starts with `source_key` + "|" (for referrers).
+  std::vector<std::pair<std::string, VariantRecord>> variants_of(const std::string& source_key);
 
   // --- membership: which repository scope may be shown a cached object, and the source object
   // ("manifest:<digest>" or "blob:<digest>") a client must be able to read upstream to see it.

@@ -81,6 +81,16 @@ class CacheLayerMemo : public convert::LayerMemo {
  public:
   CacheLayerMemo(Conversions& owner, cache::Cache& cache, std::string suffix)
       : owner_(owner), cache_(cache), suffix_(std::move(suffix)) {}
+  // The converter has released every layer lock by now; a lock no other conversion holds a
+  // reference to leaves the map (it would otherwise grow by one entry per layer ever seen).
+  ~CacheLayerMemo() override {
+    std::lock_guard guard(owner_.layer_locks_mutex_);
+    for (auto& [digest, m] : held_) {
+      m.reset();
+      auto it = owner_.layer_locks_.find(digest);
+      if (it != owner_.layer_locks_.end() && it->second.use_count() == 1) owner_.layer_locks_.erase(it);
+    }
+  }
 
   std::unique_lock<std::mutex> lock(const std::string& source_digest) override {
     std::shared_ptr<std::mutex> m;
@@ -89,7 +99,7 @@ class CacheLayerMemo : public convert::LayerMemo {
       auto& slot = owner_.layer_locks_[source_digest];
       if (!slot) slot = std::make_shared<std::mutex>();
       m = slot;
-      held_.push_back(m);  // keeps the mutex alive while this conversion may hold it
+      held_.emplace_back(source_digest, m);  // keeps the mutex alive while this conversion may hold it
     }
     return std::unique_lock<std::mutex>(*m);
   }
@@ -122,11 +132,18 @@ class CacheLayerMemo : public convert::LayerMemo {
   Conversions& owner_;
   cache::Cache& cache_;
   std::string suffix_;
-  std::vector<std::shared_ptr<std::mutex>> held_;
+  std::vector<std::pair<std::string, std::shared_ptr<std::mutex>>> held_;
 };
 
 std::string ConversionKey::cache_key(const std::string& options) const {
-  return upstream + "/" + repository + "@" + source_digest + "|" + format + "|" + options;
+  return source_key() + "|" + format + "|" + options;
+}
+
+std::string ConversionKey::format_in(std::string_view cache_key) {
+  const size_t bar = cache_key.find('|');
+  if (bar == std::string_view::npos) return {};
+  const size_t end = cache_key.find('|', bar + 1);
+  return std::string(cache_key.substr(bar + 1, end == std::string_view::npos ? std::string_view::npos : end - bar - 1));
 }
 
 ConversionJob::State ConversionJob::state() const {
@@ -189,25 +206,28 @@ Conversions::~Conversions() {
 }
 
 std::string Conversions::options_key(const std::string& format) const {
-  return "chunk=4194304,level=" + std::to_string(config_.variants.compression_level);
+  return "chunk=" + std::to_string(convert::LayerOptions{}.chunk_size) +
+         ",level=" + std::to_string(config_.variants.compression_level);
 }
 
+std::string Conversions::cache_key(const ConversionKey& key) const { return key.cache_key(options_key(key.format)); }
+
 std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access) {
-  const std::string cache_key = key.cache_key(options_key(key.format));
+  const std::string cache_key = this->cache_key(key);
   std::lock_guard lock(mutex_);
   if (auto it = active_.find(cache_key); it != active_.end()) {
     metrics_.add("accel_proxy_conversion_joins_total", {{"format", key.format}});
     return it->second;
   }
   if (auto failure = cache_.failure(cache_key); failure && failure->retry_after > unix_now_ms()) {
-    auto job = std::make_shared<ConversionJob>(key);
+    auto job = std::make_shared<ConversionJob>(key, cache_key);
     job->finish(ConversionJob::State::failed, failure->reason + " (retried after backoff)");
     return job;
   }
   // `queue` counts conversions waiting for a worker; one an idle worker takes at once is not.
   const int idle_workers = config_.variants.workers - running_;
   if (static_cast<int>(queue_.size()) >= config_.variants.queue + std::max(0, idle_workers)) return nullptr;
-  auto job = std::make_shared<ConversionJob>(key);
+  auto job = std::make_shared<ConversionJob>(key, cache_key);
   job->access_ = std::move(access);
   active_[cache_key] = job;
   queue_.push_back(job);
@@ -251,7 +271,7 @@ void Conversions::worker() {
     run(*job);
     std::lock_guard lock(mutex_);
     --running_;
-    active_.erase(job->key().cache_key(options_key(job->key().format)));
+    active_.erase(job->cache_key());
     finished_.push_back(job);
     if (finished_.size() > 100) finished_.pop_front();
   }
@@ -259,7 +279,7 @@ void Conversions::worker() {
 
 void Conversions::run(ConversionJob& job) {
   const auto& key = job.key();
-  const std::string cache_key = key.cache_key(options_key(key.format));
+  const std::string& cache_key = job.cache_key();
   const auto* format = convert::find_format(key.format);
   const auto started = std::chrono::steady_clock::now();
   try {

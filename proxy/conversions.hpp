@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -28,17 +29,23 @@ struct ConversionKey {
   std::string format;
 
   std::string scope() const { return upstream + "/" + repository; }
-  // The cache key of the converted manifest (options are part of it: other options, other blobs).
+  // "upstream/repository@digest": the part of a cache key that names the source.
+  std::string source_key() const { return scope() + "@" + source_digest; }
+  // The cache key of the converted manifest: source_key() + "|" + format + "|" + options (other
+  // options, other blobs).
   std::string cache_key(const std::string& options) const;
+  // The format named in such a cache key.
+  static std::string format_in(std::string_view cache_key);
 };
 
 class ConversionJob {
  public:
   enum class State { queued, running, done, failed };
 
-  explicit ConversionJob(ConversionKey key) : key_(std::move(key)) {}
+  ConversionJob(ConversionKey key, std::string cache_key) : key_(std::move(key)), cache_key_(std::move(cache_key)) {}
 
   const ConversionKey& key() const { return key_; }
+  const std::string& cache_key() const { return cache_key_; }
   State state() const;
   std::string error() const;
   uint64_t bytes_done() const;
@@ -50,6 +57,7 @@ class ConversionJob {
   void finish(State state, std::string error);
 
   ConversionKey key_;
+  std::string cache_key_;
   RegistryAccess access_;
   mutable std::mutex mutex_;
   State state_ = State::queued;
@@ -70,8 +78,8 @@ class Conversions {
   Conversions(const Config& config, cache::Cache& cache, Metrics& metrics);
   ~Conversions();
 
-  // The options part of cache keys for `format` (chunk size, level...).
-  std::string options_key(const std::string& format) const;
+  // The cache key of `key`'s converted manifest, with the options this proxy converts with.
+  std::string cache_key(const ConversionKey& key) const;
 
   // Starts a conversion, or joins the one already queued or running for the same key. Returns
   // nullptr when the queue is full, or a failed job when the last attempt failed and its backoff
@@ -84,6 +92,8 @@ class Conversions {
  private:
   void worker();
   void run(ConversionJob& job);
+  // The options part of cache keys for `format` (chunk size, level...).
+  std::string options_key(const std::string& format) const;
 
   const Config& config_;
   cache::Cache& cache_;

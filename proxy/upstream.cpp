@@ -232,18 +232,14 @@ net::awaitable<void> UpstreamResponse::skip(uint64_t count, net::mutable_buffer 
   }
 }
 
-namespace {
-
-// Waits until `socket` is ready, or throws after `timeout`.
-net::awaitable<void> wait_ready(tcp::socket& socket, tcp::socket::wait_type type, Duration timeout) {
+net::awaitable<bool> wait_ready(tcp::socket& socket, tcp::socket::wait_type type, Duration timeout) {
   using namespace net::experimental::awaitable_operators;
   net::steady_timer timer(socket.get_executor(), timeout);
   auto result = co_await (socket.async_wait(type, use_tuple) || timer.async_wait(use_tuple));
-  if (result.index() == 1) throw UpstreamError("transfer stalled past the read timeout");
+  if (result.index() == 1) co_return false;
   if (auto [ec] = std::get<0>(result); ec) throw UpstreamError("socket wait failed: " + ec.message());
+  co_return true;
 }
-
-}  // namespace
 
 net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration timeout, uint64_t& moved) {
   auto& c = *connection_;
@@ -280,7 +276,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
         c.keep_alive = false;
         throw UpstreamError("upstream closed the connection before the end of the body");
       } else if (errno == EAGAIN && in_pipe == 0) {
-        co_await wait_ready(in, tcp::socket::wait_read, timeout);
+        if (!co_await wait_ready(in, tcp::socket::wait_read, timeout))
+          throw UpstreamError("transfer stalled past the read timeout");
         continue;
       } else if (errno != EAGAIN && errno != EINTR) {
         c.keep_alive = false;
@@ -293,7 +290,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
         in_pipe -= static_cast<size_t>(n);
         moved += static_cast<uint64_t>(n);
       } else if (n < 0 && errno == EAGAIN) {
-        co_await wait_ready(out, tcp::socket::wait_write, timeout);
+        if (!co_await wait_ready(out, tcp::socket::wait_write, timeout))
+          throw UpstreamError("transfer stalled past the read timeout");
       } else if (n == 0 || errno != EINTR) {
         c.keep_alive = false;
         throw UpstreamError("client connection failed during the transfer");

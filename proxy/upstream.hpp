@@ -56,6 +56,10 @@ struct UpstreamError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// For loops that move bytes with splice(2) or sendfile(2) on a non-blocking socket: waits until
+// `socket` is ready for `type`; false when `timeout` passed first.
+net::awaitable<bool> wait_ready(net::ip::tcp::socket& socket, net::ip::tcp::socket::wait_type type, Duration timeout);
+
 class UpstreamConnection;
 class UpstreamClient;
 

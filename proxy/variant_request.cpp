@@ -43,18 +43,14 @@ std::optional<std::string> accept_format(std::string_view accept) {
 
 std::optional<VariantAsk> variant_asked(std::string_view reference, std::string_view format_header,
                                         std::string_view accept, const VariantsConfig& config) {
-  if (!config.enabled) return std::nullopt;
-  const bool digest = looks_like_digest(reference);
-  if (!digest) {
-    for (const auto& [format, suffix] : config.suffixes) {
-      if (suffix.empty() || reference.size() <= suffix.size() || !reference.ends_with(suffix)) continue;
-      std::string source(reference.substr(0, reference.size() - suffix.size()));
-      if (is_valid_tag(source)) return VariantAsk{format, source, VariantAsk::How::tag_suffix};
-    }
-  }
   // A digest names exact bytes: answering it with a variant would break content addressing
   // (containerd checks what it gets). Variants of a digest are found by tag or by referrers.
-  if (digest) return std::nullopt;
+  if (!config.enabled || looks_like_digest(reference)) return std::nullopt;
+  for (const auto& [format, suffix] : config.suffixes) {
+    if (suffix.empty() || reference.size() <= suffix.size() || !reference.ends_with(suffix)) continue;
+    std::string source(reference.substr(0, reference.size() - suffix.size()));
+    if (is_valid_tag(source)) return VariantAsk{format, source, VariantAsk::How::tag_suffix};
+  }
   std::string named = lower(trim_ows(format_header));
   if (!named.empty() && config.suffixes.count(named)) return VariantAsk{named, std::string(reference), VariantAsk::How::header};
   if (auto f = accept_format(accept); f && config.suffixes.count(*f))

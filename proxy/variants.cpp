@@ -1,7 +1,6 @@
 #include "proxy/variants.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -13,6 +12,7 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
+#include "auth/credentials.hpp"
 #include "convert/sha256.hpp"
 #include "proxy/exchange.hpp"
 #include "proxy/http_headers.hpp"
@@ -42,7 +42,7 @@ cache::CacheLimits cache_limits(const Config& config) {
 // Moves `length` bytes of a file from `offset` to the client socket with sendfile(2).
 net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
   auto& socket = client.socket();
-  socket.non_blocking(true);
+  if (!socket.non_blocking()) socket.non_blocking(true);  // each call is an ioctl
   off_t pos = static_cast<off_t>(offset);
   uint64_t left = length;
   while (left > 0) {
@@ -51,10 +51,8 @@ net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t 
       left -= static_cast<uint64_t>(n);
       client.count_body(static_cast<uint64_t>(n));
     } else if (n < 0 && errno == EAGAIN) {
-      using namespace net::experimental::awaitable_operators;
-      net::steady_timer timer(socket.get_executor(), client.write_timeout());
-      auto r = co_await (socket.async_wait(net::ip::tcp::socket::wait_write, use_tuple) || timer.async_wait(use_tuple));
-      if (r.index() == 1) throw std::runtime_error("client stalled while receiving a cached blob");
+      if (!co_await wait_ready(socket, net::ip::tcp::socket::wait_write, client.write_timeout()))
+        throw std::runtime_error("client stalled while receiving a cached blob");
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else {
@@ -63,8 +61,9 @@ net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t 
   }
 }
 
-// Serves a cached object (manifest or blob) with HEAD, Range and multi-range.
-net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
+// Serves a cached object (manifest or blob) with HEAD, Range and multi-range. Returns false,
+// having sent nothing, when the cache does not hold it (never cached, or evicted meanwhile).
+net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
                                   const std::string& digest, const char* cache_label) {
   auto& cache = ctx.variants->cache();
   auto pin = cache.pin(digest);  // first: a pinned blob is not evicted while we send it
@@ -77,10 +76,7 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
       fd = -1;
     }
   }
-  if (fd < 0) {
-    co_await send_error(client, 404, "BLOB_UNKNOWN", "blob unknown to registry");
-    co_return;
-  }
+  if (fd < 0) co_return false;
   struct Close {
     int fd;
     ~Close() { ::close(fd); }
@@ -98,7 +94,7 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
   auto range = parse_range_header(request[http::field::range]);
   if (range.kind == RangeHeader::Kind::invalid) {
     co_await send_error(client, 416, "RANGE_INVALID", "malformed Range header");
-    co_return;
+    co_return true;
   }
   std::vector<ByteRange> ranges;
   if (range.kind == RangeHeader::Kind::ranges && !head_only) {
@@ -107,16 +103,16 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
       ResponseHead err = registry_head();
       err.set("Content-Range", "bytes */" + std::to_string(size));
       co_await send_local(client, 416, "application/json", oci_error_json("RANGE_INVALID", "requested range not satisfiable"), err);
-      co_return;
+      co_return true;
     }
   }
   if (ranges.empty()) {
     head.content_length = size;
     co_await client.write_head(head);
-    if (head_only) co_return;
+    if (head_only) co_return true;
     co_await client.flush();
     co_await send_file_range(client, fd, 0, size);
-    co_return;
+    co_return true;
   }
   head.status = 206;
   if (ranges.size() == 1) {
@@ -125,7 +121,7 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
     co_await client.write_head(head);
     co_await client.flush();
     co_await send_file_range(client, fd, ranges[0].first, ranges[0].length());
-    co_return;
+    co_return true;
   }
   auto framing = frame_multipart(ranges, size, info->media_type.empty() ? "application/octet-stream" : info->media_type,
                                  make_boundary());
@@ -139,6 +135,16 @@ net::awaitable<void> serve_cached(ProxyContext& ctx, const Request& request, Cli
   }
   co_await client.write_body(net::buffer(framing.closing));
   co_await client.finish();
+  co_return true;
+}
+
+// The converted manifest mapped under `cache_key`, if the cache holds it (a mapping goes with its
+// blobs on eviction); false, with nothing sent, when it does not.
+net::awaitable<bool> serve_variant(ProxyContext& ctx, const Request& request, ClientConnection& client,
+                                   const std::string& cache_key) {
+  auto variant = ctx.variants->cache().manifest_variant(cache_key);
+  if (!variant) co_return false;
+  co_return co_await serve_cached(ctx, request, client, variant->digest, "manifest");
 }
 
 // Asks the upstream whether this client may read `proof` ("manifest:<digest>" or
@@ -217,12 +223,11 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
   // Anything we made for this repository, asked for by digest (blobs, child manifests, and the
   // variant manifest itself after a client resolved its tag).
   if (route.kind == RouteKind::blob || (route.kind == RouteKind::manifest && route.reference_is_digest())) {
-    // A row whose blob was evicted meanwhile does not count: the upstream may have the object.
-    auto proof = cache.member(scope, route.reference);
-    if (proof && cache.blob(route.reference)) {
+    if (auto proof = cache.member(scope, route.reference)) {
       if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
-      co_await serve_cached(ctx, request, client, route.reference, route.kind == RouteKind::blob ? "blob" : "manifest");
-      co_return true;
+      // Evicted meanwhile: the upstream may still have the object, so the ordinary path asks it.
+      if (co_await serve_cached(ctx, request, client, route.reference, route.kind == RouteKind::blob ? "blob" : "manifest"))
+        co_return true;
     }
   }
   if (route.kind != RouteKind::manifest) co_return false;
@@ -281,23 +286,13 @@ namespace {
 // The variant of a resolved source digest: from the cache, or converted now (per `on_miss`).
 // Returns false when the request is to be forwarded (fallback to the original image).
 net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, Route& route, const UpstreamConfig& upstream,
-                                    ClientConnection& client, const VariantAsk& ask_value, const std::string& source_digest) {
-  auto& cache = ctx.variants->cache();
-  const VariantAsk* ask = &ask_value;
-  ConversionKey key{upstream.name, route.repository, source_digest, ask->format};
+                                    ClientConnection& client, const VariantAsk& ask, const std::string& source_digest) {
   auto& conversions = ctx.variants->conversions();
-  const std::string cache_key = key.cache_key(conversions.options_key(ask->format));
-  auto cached = [&]() -> std::optional<cache::VariantRecord> {
-    auto v = cache.manifest_variant(cache_key);
-    if (v && cache.blob(v->digest)) return v;
-    return std::nullopt;
-  };
-  if (auto v = cached()) {
-    co_await serve_cached(ctx, request, client, v->digest, "manifest");
-    co_return true;
-  }
+  const ConversionKey key{upstream.name, route.repository, source_digest, ask.format};
+  const std::string cache_key = conversions.cache_key(key);
+  if (co_await serve_variant(ctx, request, client, cache_key)) co_return true;
 
-  ctx.metrics.add("accel_proxy_cache_misses_total", {{"format", ask->format}});
+  ctx.metrics.add("accel_proxy_cache_misses_total", {{"format", ask.format}});
   RegistryAccess access;
   access.upstream = upstream;
   access.repository = route.repository;
@@ -306,18 +301,15 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
   const auto policy = ctx.config.variants.on_miss;
   if (job && policy != VariantsConfig::OnMiss::reject)
     co_await wait_for(job, policy == VariantsConfig::OnMiss::wait ? ctx.config.variants.wait_limit : ctx.config.variants.wait);
-  if (auto v = cached()) {
-    co_await serve_cached(ctx, request, client, v->digest, "manifest");
-    co_return true;
-  }
-  std::string why = std::string("conversion is still running");
-  if (!job) why = std::string("conversion queue is full");
-  else if (job->state() == ConversionJob::State::failed) why = "conversion failed: " + job->error();
+  if (co_await serve_variant(ctx, request, client, cache_key)) co_return true;
+  std::string why = !job ? "conversion queue is full"
+                    : job->state() == ConversionJob::State::failed ? "conversion failed: " + job->error()
+                                                                   : "conversion is still running";
   if (policy == VariantsConfig::OnMiss::fallback) {
     // A pull never fails because of conversion: the original image it is.
     spdlog::info("variant fallback repo={} reference={} format={} reason=\"{}\"", route.repository, route.reference,
-                 ask->format, why);
-    route.reference = ask->source_reference;
+                 ask.format, why);
+    route.reference = ask.source_reference;
     co_return false;
   }
   if (policy == VariantsConfig::OnMiss::reject) {
@@ -334,12 +326,7 @@ namespace {
 
 // Webhooks and the API carry no registry credentials: a shared secret guards them.
 bool secret_ok(const ProxyContext& ctx, const Request& request) {
-  const auto& secret = ctx.config.webhooks.secret;
-  auto given = request[http::field::authorization];
-  if (secret.empty() || given.size() != secret.size()) return false;
-  unsigned char diff = 0;  // constant time: the secret is not to be guessed byte by byte
-  for (size_t i = 0; i < secret.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ secret[i]);
-  return diff == 0;
+  return secret_matches(request[http::field::authorization], ctx.config.webhooks.secret);
 }
 
 // Starts what the rules ask for each pushed image; returns the JSON answer. (A plain function:
@@ -357,7 +344,7 @@ std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEv
       ConversionKey key{upstream.name, event.repository, event.digest, format};
       auto& conversions = ctx.variants->conversions();
       std::string state = "cached";
-      if (!ctx.variants->cache().manifest_variant(key.cache_key(conversions.options_key(format)))) {
+      if (!ctx.variants->cache().manifest_variant(conversions.cache_key(key))) {
         RegistryAccess access;
         access.upstream = upstream;
         access.repository = event.repository;
@@ -393,10 +380,9 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
                                            const std::string& source_digest) {
   std::vector<std::string> out;
   if (!ctx.variants) return out;
-  for (const auto& [key, record] : ctx.variants->cache().variants_of(upstream + "/" + repository + "@" + source_digest)) {
-    // key: upstream/repo@digest|format|options
-    size_t bar = key.find('|');
-    std::string format = key.substr(bar + 1, key.find('|', bar + 1) - bar - 1);
+  const ConversionKey source{upstream, repository, source_digest, ""};
+  for (const auto& [key, record] : ctx.variants->cache().variants_of(source.source_key())) {
+    const std::string format = ConversionKey::format_in(key);
     nlohmann::json d = {{"mediaType", record.media_type},
                         {"digest", record.digest},
                         {"size", record.size},

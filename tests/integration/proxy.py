@@ -88,13 +88,12 @@ class Proxy:
 
 
 @contextmanager
-def running_proxy(workdir, upstreams, **options):
-    """A started proxy, stopped with SIGTERM on exit.
+def supervised(proxy, stop_ok=lambda proxy, status: status == 0):
+    """Yields a started proxy and stops it with SIGTERM on exit.
 
-    Fails the test if the proxy died while the test ran, or if it did not exit 0 on SIGTERM
-    (a graceful stop is part of its contract).
+    Fails the test if the proxy died while the test ran, or if `stop_ok(proxy, status)` rejects
+    its exit status (a graceful stop is part of its contract: exit 0).
     """
-    proxy = Proxy(workdir, upstreams, **options).start()
     try:
         yield proxy
     finally:
@@ -103,6 +102,13 @@ def running_proxy(workdir, upstreams, **options):
     if died:
         pytest.fail(f"accel-proxy exited by itself while tests used it (status {status}):\n"
                     + proxy.log_tail(), pytrace=False)
-    if status != 0:
+    if not stop_ok(proxy, status):
         pytest.fail(f"accel-proxy did not exit 0 on SIGTERM (status {status}):\n"
                     + proxy.log_tail(), pytrace=False)
+
+
+@contextmanager
+def running_proxy(workdir, upstreams, **options):
+    """A started proxy, supervised (see supervised())."""
+    with supervised(Proxy(workdir, upstreams, **options).start()) as proxy:
+        yield proxy

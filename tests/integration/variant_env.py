@@ -1,7 +1,7 @@
 """Helpers for the convert-on-pull tests (test_variant*.py).
 
 - `running_variant_proxy`: an accel-proxy with a `variants:` section. proxy.py has no option
-  for it, so the section is put into `Proxy.config` before `start()` (proxy.py is unchanged);
+  for it, so the section is put into `Proxy.config` before `start()`;
   `restart()` starts a killed proxy again on the same port and cache directory.
 - `RegistryLog`: the upstream registry's access log (distribution writes one Apache-style line
   per request even at log level warn), to count the blob GETs the proxy sent upstream.
@@ -35,7 +35,7 @@ import layers
 import prom
 from estargz_tools import TOC_DIGEST, UNCOMPRESSED_SIZE
 from process import Service
-from proxy import REPO_ROOT, Proxy
+from proxy import REPO_ROOT, Proxy, supervised
 
 SUFFIX = "-estargz"
 FORMAT = "estargz"
@@ -73,18 +73,11 @@ def running_variant_proxy(workdir, upstreams, variants=None, **options):
 
     A test that kills the proxy on purpose sets `proxy.stopped_on_purpose` (kill() does).
     """
-    proxy = start_variant_proxy(workdir, upstreams, variants, **options)
-    try:
+    def stop_ok(proxy, status):  # a proxy killed (or already stopped) by the test is exempt
+        return status in (0, None) or getattr(proxy, "killed", False)
+
+    with supervised(start_variant_proxy(workdir, upstreams, variants, **options), stop_ok) as proxy:
         yield proxy
-    finally:
-        died = not proxy.stopped_on_purpose and not proxy.alive()
-        status = proxy.stop()
-    if died:
-        pytest.fail(f"accel-proxy exited by itself while tests used it (status {status}):\n"
-                    + proxy.log_tail(), pytrace=False)
-    if status not in (0, None) and not getattr(proxy, "killed", False):
-        pytest.fail(f"accel-proxy did not exit 0 on SIGTERM (status {status}):\n"
-                    + proxy.log_tail(), pytrace=False)
 
 
 def kill(proxy):
