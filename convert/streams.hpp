@@ -40,10 +40,13 @@ class FileSink : public ByteSink {
   void commit();
 
  private:
+  static constexpr uint64_t kWritebackBytes = 4 << 20;
   void flush();
+  void write_out(const char* data, size_t size);
   int fd_ = -1;
   std::string path_, temp_path_;
   std::vector<char> buffer_;
+  uint64_t written_ = 0, writeback_from_ = 0;
   bool committed_ = false;
 };
 
