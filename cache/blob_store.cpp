@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,34 +67,6 @@ int UniqueFd::release() { return std::exchange(fd_, -1); }
 
 void UniqueFd::reset() {
   if (fd_ >= 0) ::close(std::exchange(fd_, -1));
-}
-
-// --- Sha256 -----------------------------------------------------------------------------------
-
-Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) != 1) {
-    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
-    throw CacheError("cannot initialize SHA-256");
-  }
-}
-
-Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
-
-void Sha256::update(const void* data, size_t size) {
-  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, size);
-}
-
-std::string Sha256::digest() {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out, &length);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string result(kSha256Prefix);
-  for (unsigned i = 0; i < length; ++i) {
-    result += kHex[out[i] >> 4];
-    result += kHex[out[i] & 15];
-  }
-  return result;
 }
 
 HashedFile hash_file(const std::string& path) {

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "convert/sha256.hpp"
+
 namespace accel::cache {
 
 // "sha256:" + 64 lowercase hex digits.
@@ -32,19 +34,8 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-// Streaming SHA-256 (OpenSSL EVP).
-class Sha256 {
- public:
-  Sha256();
-  ~Sha256();
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-  void update(const void* data, size_t size);
-  std::string digest();  // "sha256:<hex>"
-
- private:
-  void* ctx_;  // EVP_MD_CTX
-};
+// The one SHA-256 of the project (OpenSSL; convert/sha256.hpp has no other dependency).
+using convert::Sha256;
 
 struct HashedFile {
   std::string digest;

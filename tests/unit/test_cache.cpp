@@ -14,30 +14,13 @@
 #include <vector>
 
 #include "cache/cache.hpp"
+#include "temp_dir.hpp"
 
 using namespace accel::cache;
 namespace fs = std::filesystem;
 using std::chrono::seconds;
 
 namespace {
-
-// A fresh directory, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "accel-cache-test-XXXXXX").string();
-    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A clock the test moves by hand, starting at a fixed date.
 class ManualClock {

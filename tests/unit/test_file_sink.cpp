@@ -1,7 +1,5 @@
 // FileSink: a file appears under its name only when committed, and then whole, whatever mix of
 // small (buffered) and large (written directly) writes made it.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -10,28 +8,12 @@
 #include <string>
 
 #include "convert/streams.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace accel::convert;
 
 namespace {
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (fs::temp_directory_path() / "accel-file-sink-XXXXXX").string();
-    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -47,7 +29,7 @@ size_t entries(const std::string& dir) {
 }  // namespace
 
 TEST_CASE("FileSink writes small and large pieces in order and publishes only on commit") {
-  ScratchDir dir;
+  TempDir dir("accel-file-sink");
   const std::string path = dir.path() + "/blob";
   std::mt19937 rng(7);
   std::string expected;
@@ -73,7 +55,7 @@ TEST_CASE("FileSink writes small and large pieces in order and publishes only on
 }
 
 TEST_CASE("FileSink left without commit removes its temporary file") {
-  ScratchDir dir;
+  TempDir dir("accel-file-sink");
   {
     FileSink sink(dir.path() + "/blob");
     std::string big(6u << 20, 'x');
