@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "cache/cache.hpp"
-#include "temp_dir.hpp"
+#include "test_files.hpp"
 
 using namespace accel::cache;
 namespace fs = std::filesystem;
@@ -38,19 +38,6 @@ std::string write_blob(Cache& cache, const std::string& bytes, const std::string
   auto writer = cache.begin_blob();
   writer->write(bytes.data(), bytes.size());
   return writer->commit(media_type);
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t files_in(const std::string& dir) {
-  size_t count = 0;
-  for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir)) ++count;
-  return count;
 }
 
 VariantRecord variant_needing(std::vector<std::string> blobs) {

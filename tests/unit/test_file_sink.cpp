@@ -2,31 +2,14 @@
 // small (buffered) and large (written directly) writes made it.
 #include <catch2/catch.hpp>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 
 #include "convert/streams.hpp"
-#include "temp_dir.hpp"
+#include "test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace accel::convert;
-
-namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-size_t entries(const std::string& dir) {
-  return static_cast<size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
-}
-
-}  // namespace
 
 TEST_CASE("FileSink writes small and large pieces in order and publishes only on commit") {
   TempDir dir("accel-file-sink");
@@ -43,13 +26,13 @@ TEST_CASE("FileSink writes small and large pieces in order and publishes only on
       expected += piece;
     }
     REQUIRE_FALSE(fs::exists(path));  // only a temporary file so far
-    CHECK(entries(dir.path()) == 1);
+    CHECK(files_in(dir.path()) == 1);
     sink.commit();
   }
   REQUIRE(fs::exists(path));
   CHECK(fs::file_size(path) == expected.size());
   CHECK(read_file(path) == expected);
-  CHECK(entries(dir.path()) == 1);  // the temporary file became the blob
+  CHECK(files_in(dir.path()) == 1);  // the temporary file became the blob
   CHECK((fs::status(path).permissions() & fs::perms::all) ==
         (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read));
 }
@@ -61,5 +44,5 @@ TEST_CASE("FileSink left without commit removes its temporary file") {
     std::string big(6u << 20, 'x');
     sink.write(big.data(), big.size());
   }
-  CHECK(entries(dir.path()) == 0);
+  CHECK(files_in(dir.path()) == 0);
 }

@@ -1,12 +1,15 @@
-// A fresh directory under $TMPDIR for one test, removed with everything in it.
+// Files for unit tests: a scratch directory, and reading back what was written.
 #pragma once
 
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
+// A fresh directory under $TMPDIR for one test, removed with everything in it.
 class TempDir {
  public:
   explicit TempDir(const std::string& prefix = "accel-test") {
@@ -25,3 +28,16 @@ class TempDir {
  private:
   std::string path_;
 };
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  return content.str();
+}
+
+inline size_t files_in(const std::string& dir) {
+  size_t count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++count;
+  return count;
+}
