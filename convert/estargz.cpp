@@ -368,7 +368,7 @@ ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, cons
       ~Remove() { ::unlink(path.c_str()); }
     } remove{spool_path};
     {
-      FileSink spool_file(spool_path);
+      FileSink spool_file(spool_path, FileSink::Durability::scratch);
       TarWriter spool(spool_file);
       while (reader.next(entry)) {
         if (owned_by_writer(entry.name)) continue;

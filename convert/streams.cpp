@@ -40,7 +40,7 @@ size_t FileSource::read(void* out, size_t size) {
   }
 }
 
-FileSink::FileSink(const std::string& path) : path_(path) {
+FileSink::FileSink(const std::string& path, Durability durability) : path_(path), durability_(durability) {
   temp_path_ = path + ".tmp-XXXXXX";
   fd_ = ::mkstemp(temp_path_.data());
   if (fd_ < 0) throw ConvertError("cannot create a file next to " + path + ": " + std::strerror(errno));
@@ -66,7 +66,7 @@ void FileSink::write_out(const char* p, size_t left) {
   // Start writeback of what is complete, without waiting for it, so that the fsync in commit()
   // finds little left to do instead of the whole file (seconds for a large layer on a disk).
   // Advisory: an error here shows again, and is reported, at that fsync.
-  if (written_ - writeback_from_ >= kWritebackBytes) {
+  if (durability_ == Durability::synced && written_ - writeback_from_ >= kWritebackBytes) {
     ::sync_file_range(fd_, static_cast<off_t>(writeback_from_), static_cast<off_t>(written_ - writeback_from_),
                       SYNC_FILE_RANGE_WRITE);
     writeback_from_ = written_;
@@ -89,7 +89,7 @@ void FileSink::write(const void* data, size_t size) {
 
 void FileSink::commit() {
   flush();
-  if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0)
+  if (::fchmod(fd_, 0644) != 0 || (durability_ == Durability::synced && ::fsync(fd_) != 0))
     throw ConvertError("cannot sync " + temp_path_ + ": " + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;

@@ -31,10 +31,12 @@ class FileSource : public ByteSource {
 
 // Writes to a temporary file next to `path`; commit() fsyncs and renames it into place, and a
 // FileSink destroyed without commit() removes the temporary file: no partial output ever
-// appears under the final name.
+// appears under the final name. A scratch file (read back and deleted by the same process)
+// skips the syncing: it has no reason to outlive a crash.
 class FileSink : public ByteSink {
  public:
-  explicit FileSink(const std::string& path);
+  enum class Durability { synced, scratch };
+  explicit FileSink(const std::string& path, Durability durability = Durability::synced);
   ~FileSink() override;
   void write(const void* data, size_t size) override;
   void commit();
@@ -47,6 +49,7 @@ class FileSink : public ByteSink {
   std::string path_, temp_path_;
   std::vector<char> buffer_;
   uint64_t written_ = 0, writeback_from_ = 0;
+  Durability durability_;
   bool committed_ = false;
 };
 

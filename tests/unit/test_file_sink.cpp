@@ -12,12 +12,13 @@ namespace fs = std::filesystem;
 using namespace accel::convert;
 
 TEST_CASE("FileSink writes small and large pieces in order and publishes only on commit") {
+  const auto durability = GENERATE(FileSink::Durability::synced, FileSink::Durability::scratch);
   TempDir dir("accel-file-sink");
   const std::string path = dir.path() + "/blob";
   std::mt19937 rng(7);
   std::string expected;
   {
-    FileSink sink(path);
+    FileSink sink(path, durability);
     // Sizes around the 1 MiB buffer and past the 4 MiB writeback step.
     for (size_t size : {100u, 5000u, (3u << 20) + 17, 1u, 1u << 20, (1u << 20) - 1, 5u << 20, 333u}) {
       std::string piece(size, '\0');
