@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <cstddef>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -16,13 +17,15 @@
 
 namespace accel::convert {
 
-// One gzip member made of `data` (header, deflate stream, CRC and size; MTIME 0). Data that
-// samples show to be incompressible is stored instead (deflate level 0): the result depends
-// only on the data and the level.
-std::string gzip_member(const void* data, size_t size, int level);
+// One gzip member made of `data` (header, deflate stream, CRC and size; MTIME 0). The first
+// `content_size` bytes are a file's content, the rest tar framing (padding, the next headers):
+// content that looks_incompressible() is stored (deflate's stored blocks) and only the framing is
+// deflated. The result depends only on the data, `content_size` and the level.
+std::string gzip_member(const void* data, size_t size, int level, size_t content_size = SIZE_MAX);
 
-// Whether evenly spaced samples of the data all fail to compress (random or already
-// compressed content), so that deflating the whole would only cost time.
+// Whether the data is random or already compressed (every block byte-uniform, no repeats
+// deflate's window would find), so that deflating it would only cost time. Data under 4 KiB is
+// never tested: always false.
 bool looks_incompressible(const void* data, size_t size);
 
 class ParallelGzipWriter {
@@ -34,8 +37,9 @@ class ParallelGzipWriter {
   ParallelGzipWriter(const ParallelGzipWriter&) = delete;
   ParallelGzipWriter& operator=(const ParallelGzipWriter&) = delete;
 
-  // Queues one member; returns its index. With `digest_prefix` > 0, the SHA-256 of the first
-  // `digest_prefix` bytes is computed too (on a worker), for digest_of().
+  // Queues one member; returns its index. Its first `digest_prefix` bytes are file content: their
+  // SHA-256 is computed too (on a worker), for digest_of(), and they may be stored if
+  // incompressible (see gzip_member).
   size_t submit(std::string uncompressed, size_t digest_prefix = 0);
   // Writes everything queued so far; afterwards offset_of() is valid for every member.
   void flush();

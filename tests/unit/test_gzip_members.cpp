@@ -66,7 +66,7 @@ TEST_CASE("looks_incompressible tells random data from compressible data") {
   CHECK_FALSE(looks_incompressible(text.data(), text.size()));
 
   // Too small to be worth testing: always deflated.
-  CHECK_FALSE(looks_incompressible(random.data(), 64 * 1024));
+  CHECK_FALSE(looks_incompressible(random.data(), 4095));
 
   // One text block among random ones, where no sample falls: the byte statistics see it.
   std::string one_text_block = random;
@@ -84,12 +84,49 @@ TEST_CASE("looks_incompressible tells random data from compressible data") {
     CHECK(gzip_member(repeated.data(), repeated.size(), 6).size() < repeated.size() / 2);
   }
 
+  // A text tail after the last whole block counts too.
+  std::string text_tail = random.substr(0, 256 * 1024);
+  text_tail += text_bytes(2000, 10);
+  CHECK_FALSE(looks_incompressible(text_tail.data(), text_tail.size()));
+
   // Zeros and a narrow alphabet are compressible by Huffman coding alone.
   const std::string zeros(1 << 20, '\0');
   CHECK_FALSE(looks_incompressible(zeros.data(), zeros.size()));
   std::string hex = random_bytes(1 << 20, 5);
   for (auto& c : hex) c = "0123456789abcdef"[static_cast<unsigned char>(c) & 15];
   CHECK_FALSE(looks_incompressible(hex.data(), hex.size()));
+}
+
+TEST_CASE("looks_incompressible on members under 256 KiB: searched whole for repeats") {
+  for (size_t size : {4096u, 5000u, 20000u, 100000u, 256u * 1024 - 1}) {
+    INFO("size " << size);
+    const std::string random = random_bytes(size, 11);
+    CHECK(looks_incompressible(random.data(), random.size()));
+    const std::string text = text_bytes(size, 12);
+    CHECK_FALSE(looks_incompressible(text.data(), text.size()));
+    // Repeats within the window make deflate worthwhile: not stored, whatever the period.
+    for (size_t period : {1000u, 4096u, 12345u, 30000u}) {
+      if (period * 2 > size) continue;
+      INFO("period " << period);
+      const std::string unit = random_bytes(period, 13);
+      std::string repeated;
+      while (repeated.size() < size) repeated += unit;
+      repeated.resize(size);
+      CHECK_FALSE(looks_incompressible(repeated.data(), repeated.size()));
+    }
+  }
+  // A repeat of under 1% of the data does not pay for deflating the rest.
+  std::string almost = random_bytes(100000, 14);
+  almost.replace(60000, 500, almost.substr(50000, 500));
+  CHECK(looks_incompressible(almost.data(), almost.size()));
+  // One text block among random ones.
+  std::string one_text_block = random_bytes(100000, 15);
+  one_text_block.replace(40960, 4096, text_bytes(4096, 16));
+  CHECK_FALSE(looks_incompressible(one_text_block.data(), one_text_block.size()));
+  // A repeat farther back than deflate's 32 KiB window is of no use to it.
+  std::string far = random_bytes(40000, 17);
+  far += far.substr(0, 3000);
+  CHECK(looks_incompressible(far.data(), far.size()));
 }
 
 TEST_CASE("gzip_member round-trips compressible and stored data") {
