@@ -23,6 +23,8 @@ constexpr char kLandmarkContents = 0x0f;
 // this size, so memory stays bounded; readers treat extra members as any other.
 constexpr size_t kMaxHeaderMember = 4 << 20;
 constexpr size_t kNoMember = static_cast<size_t>(-1);
+// Padding and the next entry's header (and a long name's) fit in this much after a payload.
+constexpr size_t kFramingReserve = 4096;
 
 // Base name without "./" or "/" prefixes, for recognising entries the writer owns.
 std::string_view clean_name(std::string_view name) {
@@ -230,6 +232,9 @@ class EstargzWriter {
     while (offset < size) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(options_.chunk_size, size - offset));
       const size_t member = submitted_;
+      // Room for the padding and a few headers after the content: appending them must not
+      // reallocate (and copy) a member the size of a chunk.
+      member_.reserve(n + kFramingReserve);
       member_.resize(n);
       size_t got = 0;
       while (got < n) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "convert/sha256.hpp"
 
@@ -164,11 +165,13 @@ std::string gzip_member(const void* data, size_t size, int level, size_t content
   if (level > 0 && looks_incompressible(bytes, content_size))
     return gzip_member_stored_prefix(bytes, size, content_size, level);
   libdeflate_compressor* c = thread_compressor(level);
-  std::string out(libdeflate_gzip_compress_bound(c, size), '\0');
-  size_t n = libdeflate_gzip_compress(c, data, size, out.data(), out.size());
+  // Compress into a buffer kept by the thread, then copy out what was produced: a fresh
+  // compress_bound()-sized string would be zero-filled and page-faulted in for every member.
+  thread_local std::vector<char> scratch;
+  scratch.resize(std::max(scratch.size(), libdeflate_gzip_compress_bound(c, size)));
+  size_t n = libdeflate_gzip_compress(c, data, size, scratch.data(), scratch.size());
   if (n == 0) throw ConvertError("gzip: compression failed");
-  out.resize(n);
-  return out;
+  return std::string(scratch.data(), n);
 }
 
 void ParallelGzipWriter::run(Job& job, int level) {
