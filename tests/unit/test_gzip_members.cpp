@@ -139,6 +139,23 @@ TEST_CASE("gzip_member round-trips compressible and stored data") {
   }
   const std::string text = text_bytes(1 << 20, 9);
   CHECK(gzip_member(text.data(), text.size(), 6).size() < text.size() / 3);
+
+  // Random file content followed by tar framing (zero padding, a header's text): the content is
+  // stored, across several stored blocks when over 64 KiB, and the framing deflated after it.
+  for (size_t content_size : {5000u, 70000u, 200000u}) {
+    INFO("content " << content_size);
+    const std::string content = random_bytes(content_size, 20);
+    const std::string member = content + std::string(3000, '\0') + text_bytes(2048, 21);
+    const std::string gz = gzip_member(member.data(), member.size(), 6, content.size());
+    CHECK(gunzip(gz) == member);
+    CHECK(gz.size() < content.size() + 5 * (content.size() / 65535 + 1) + 1000);
+    // All of it is stored when it is all content; nothing is when the content is text.
+    const std::string all_content = gzip_member(content.data(), content.size(), 6, content.size());
+    CHECK(gunzip(all_content) == content);
+    CHECK(all_content.size() == 10 + content.size() + 5 * (content.size() / 65535 + 1) + 8);
+    const std::string text_content = text_bytes(content_size, 22) + std::string(1000, '\0');
+    CHECK(gzip_member(text_content.data(), text_content.size(), 6, content_size).size() < content_size / 2);
+  }
 }
 
 TEST_CASE("ParallelGzipWriter output and digests do not depend on the thread count") {
