@@ -125,6 +125,26 @@ def wait_for_quiet_start(max_s):
         time.sleep(5)
 
 
+def start_conditions(wait, max_wait_s):
+    """The start of a run: wait for a quiet machine (unless `wait` is false), log the load.
+    Returns (load averages at start, notes for the results block)."""
+    notes = []
+    if wait:
+        ok, waited = wait_for_quiet_start(max_wait_s)
+        if not ok:
+            notes.append(f"machine still busy after {waited:.0f} s of waiting: measured anyway")
+            log("WARNING: " + notes[-1])
+        elif waited >= 1:
+            notes.append(f"waited {waited:.0f} s for a quiet machine")
+    load = loadavg()
+    comps = compilers_running()
+    log(f"load average at start: {' '.join(f'{x:.2f}' for x in load)}"
+        + (f"; compiling: {', '.join(comps)}" if comps else "; no compiler running"))
+    if comps:
+        notes.append(f"a compiler was running at start ({', '.join(comps)})")
+    return load, notes
+
+
 def wait_for_quiet_between(max_s=180, quiet_s=5):
     """Mid-run (our own load keeps the load average up): wait until other processes use
     < FOREIGN_LIMIT cores for quiet_s seconds in a row and no compiler runs."""
@@ -607,23 +627,8 @@ class Bench:
 
     def run(self):
         t_start = time.monotonic()
-        self.load_start = None
-        wait_note = ""
-        if self.wait:
-            ok, waited = wait_for_quiet_start(START_WAIT_S)
-            if not ok:
-                wait_note = f"machine still busy after {waited:.0f} s of waiting: measured anyway"
-                log("WARNING: " + wait_note)
-            elif waited >= 1:
-                wait_note = f"waited {waited:.0f} s for a quiet machine"
-        self.load_start = loadavg()
-        comps = compilers_running()
-        log(f"load average at start: {' '.join(f'{x:.2f}' for x in self.load_start)}"
-            + (f"; compiling: {', '.join(comps)}" if comps else "; no compiler running"))
-        if wait_note:
-            self.notes.append(wait_note)
-        if comps:
-            self.notes.append(f"a compiler was running at start ({', '.join(comps)})")
+        self.load_start, notes = start_conditions(self.wait, START_WAIT_S)
+        self.notes.extend(notes)
         t_measure = time.monotonic()
 
         self.tmp = tempfile.mkdtemp(prefix="accel-bench-convert.", dir=os.environ.get("TMPDIR") or "/tmp")

@@ -20,7 +20,6 @@ What it measures, in one run, on one generated image pushed to a loopback docker
      target >= 0.95x nginx. And a whole warm skopeo copy of the variant, for reference.
 """
 
-import datetime
 import hashlib
 import json
 import os
@@ -555,22 +554,8 @@ http {{
 
     def run(self):
         t_start = time.monotonic()
-        wait_note = ""
-        if self.wait:
-            ok, waited = cv.wait_for_quiet_start(START_WAIT_S)
-            if not ok:
-                wait_note = f"machine still busy after {waited:.0f} s of waiting: measured anyway"
-                log("WARNING: " + wait_note)
-            elif waited >= 1:
-                wait_note = f"waited {waited:.0f} s for a quiet machine"
-        self.load_start = cv.loadavg()
-        comps = cv.compilers_running()
-        log(f"load average at start: {' '.join(f'{x:.2f}' for x in self.load_start)}"
-            + (f"; compiling: {', '.join(comps)}" if comps else "; no compiler running"))
-        if wait_note:
-            self.notes.append(wait_note)
-        if comps:
-            self.notes.append(f"a compiler was running at start ({', '.join(comps)})")
+        self.load_start, notes = cv.start_conditions(self.wait, START_WAIT_S)
+        self.notes.extend(notes)
         t_measure = time.monotonic()
         self.tmp = tempfile.mkdtemp(prefix="accel-bench-variant.", dir=os.environ.get("TMPDIR") or "/tmp")
         try:
@@ -690,7 +675,7 @@ http {{
         mb = self.tar_bytes / MB
         L = []
         out = L.append
-        out(f"| measurement | accel-proxy | reference | ratio | target | result |")
+        out("| measurement | accel-proxy | reference | ratio | target | result |")
         out("|---|---:|---:|---:|---|---|")
         out(f"| cold first pull of `{REPO}:{TAG}{SUFFIX}` (empty cache), time until the client has the "
             f"last byte (`bench/pull.py`), vs standalone `accel-proxy convert` | {secs(cold)} | "

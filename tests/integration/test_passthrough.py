@@ -112,7 +112,7 @@ def test_unknown_manifest_and_blob_errors_pass_through(proxy, open_registry, pus
     repo = pushed_images.oci.repo
     for path in (f"/v2/{repo}/manifests/no-such-tag",
                  f"/v2/{repo}/blobs/sha256:{'0' * 64}",
-                 f"/v2/no/such-repo/manifests/v1"):
+                 "/v2/no/such-repo/manifests/v1"):
         via, direct = both("GET", proxy, open_registry, path, {"Accept": images.OCI_MANIFEST})
         assert via.status_code == direct.status_code == 404, path
         assert error_codes(via) == error_codes(direct), path
