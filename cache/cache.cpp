@@ -88,6 +88,7 @@ std::string reference(const MappingTable& table, std::string_view key) { return 
 
 // Member keys start with the digest, so that removing a blob finds its rows by prefix.
 std::string member_key(const std::string& digest, const std::string& scope) { return digest + '\0' + scope; }
+std::string_view digest_of_member_key(std::string_view key) { return key.substr(0, key.find('\0')); }
 
 // Copies of every (key, value) of a database: lets the caller then modify it in the same txn.
 std::vector<std::pair<std::string, std::string>> all_entries(lmdb::Txn& txn, MDB_dbi db) {
@@ -381,7 +382,7 @@ void Cache::Impl::reconcile() {
     }
     // Members of blobs that are gone (and rows of an older key layout, scope first) go too.
     for (const auto& [key, value] : all_entries(txn, members))
-      if (!indexed.contains(key.substr(0, key.find('\0')))) txn.del(members, key);
+      if (!indexed.contains(std::string(digest_of_member_key(key)))) txn.del(members, key);
     txn.clear(blob_refs);
     for (const MappingTable* table : {&manifests, &layers}) {
       for (const auto& [key, value] : all_entries(txn, table->db)) {
@@ -432,7 +433,7 @@ std::vector<std::string> Cache::Impl::check() {
     for (const auto& stray : listing.strays) problems.push_back("stray file: " + stray);
     check_mappings(txn, problems);
     txn.scan(members, "", [&](std::string_view key, std::string_view) {
-      std::string digest(key.substr(0, key.find('\0')));
+      std::string digest(digest_of_member_key(key));
       if (!indexed.contains(digest)) problems.push_back("member row without blob: " + digest);
       return true;
     });

@@ -51,10 +51,6 @@ libdeflate_compressor* thread_compressor(int level) {
   return c;
 }
 
-}  // namespace
-
-namespace {
-
 bool looks_random(const unsigned char* bytes, size_t size) {
   uint32_t counts[256] = {};
   for (size_t i = 0; i < size; ++i) ++counts[bytes[i]];
@@ -88,30 +84,6 @@ bool repeats_itself(const unsigned char* bytes, size_t size) {
   }
   return false;
 }
-
-}  // namespace
-
-bool looks_incompressible(const void* data, size_t size) {
-  if (size < kMinTestedBytes) return false;
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  size_t at = 0;
-  for (; at + kBlockBytes <= size; at += kBlockBytes)
-    if (!looks_random(bytes + at, kBlockBytes)) return false;
-  if (size - at >= kMinTailBytes && !looks_random(bytes + at, size - at)) return false;
-  if (size < kMinSampledBytes) return !repeats_itself(bytes, size);
-  thread_local std::string out;
-  libdeflate_compressor* c = thread_compressor(1);
-  out.resize(libdeflate_deflate_compress_bound(c, kSampleBytes));
-  const size_t samples = std::clamp<size_t>(size / (512 * 1024), 2, kMaxSamples);
-  for (size_t i = 0; i < samples; ++i) {
-    const size_t from = i * (size - kSampleBytes) / (samples - 1);
-    size_t n = libdeflate_deflate_compress(c, bytes + from, kSampleBytes, out.data(), out.size());
-    if (n != 0 && n * 1000 < kSampleBytes * (1000 - kSavingPerMille)) return false;
-  }
-  return true;
-}
-
-namespace {
 
 void put_le16(std::string& out, uint32_t v) {
   out += static_cast<char>(v & 0xff);
@@ -158,6 +130,26 @@ std::string gzip_member_stored_prefix(const unsigned char* data, size_t size, si
 }
 
 }  // namespace
+
+bool looks_incompressible(const void* data, size_t size) {
+  if (size < kMinTestedBytes) return false;
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  size_t at = 0;
+  for (; at + kBlockBytes <= size; at += kBlockBytes)
+    if (!looks_random(bytes + at, kBlockBytes)) return false;
+  if (size - at >= kMinTailBytes && !looks_random(bytes + at, size - at)) return false;
+  if (size < kMinSampledBytes) return !repeats_itself(bytes, size);
+  thread_local std::string out;
+  libdeflate_compressor* c = thread_compressor(1);
+  out.resize(libdeflate_deflate_compress_bound(c, kSampleBytes));
+  const size_t samples = std::clamp<size_t>(size / (512 * 1024), 2, kMaxSamples);
+  for (size_t i = 0; i < samples; ++i) {
+    const size_t from = i * (size - kSampleBytes) / (samples - 1);
+    size_t n = libdeflate_deflate_compress(c, bytes + from, kSampleBytes, out.data(), out.size());
+    if (n != 0 && n * 1000 < kSampleBytes * (1000 - kSavingPerMille)) return false;
+  }
+  return true;
+}
 
 std::string gzip_member(const void* data, size_t size, int level, size_t content_size) {
   const auto* bytes = static_cast<const unsigned char*>(data);
