@@ -361,7 +361,7 @@ void Cache::Impl::reconcile() {
   store.empty_temp();
   StoreListing files = store.list();
   for (const auto& stray : files.strays) ::unlink(stray.c_str());
-  std::set<std::string> indexed;
+  std::set<std::string, std::less<>> indexed;  // by digest; looked up by string_view too
   uint64_t indexed_bytes = 0;
   index.write([&](lmdb::Txn& txn) {
     indexed.clear();
@@ -382,7 +382,7 @@ void Cache::Impl::reconcile() {
     }
     // Members of blobs that are gone (and rows of an older key layout, scope first) go too.
     for (const auto& [key, value] : all_entries(txn, members))
-      if (!indexed.contains(std::string(digest_of_member_key(key)))) txn.del(members, key);
+      if (!indexed.contains(digest_of_member_key(key))) txn.del(members, key);
     txn.clear(blob_refs);
     for (const MappingTable* table : {&manifests, &layers}) {
       for (const auto& [key, value] : all_entries(txn, table->db)) {
@@ -411,7 +411,7 @@ std::vector<std::string> Cache::Impl::check() {
   std::vector<std::string> problems;
   index.read([&](lmdb::Txn& txn) {
     StoreListing listing = store.list();
-    std::set<std::string> indexed;
+    std::set<std::string, std::less<>> indexed;  // by digest; looked up by string_view too
     txn.scan(blobs, "", [&](std::string_view digest_view, std::string_view value) {
       std::string digest(digest_view);
       indexed.insert(digest);
@@ -433,8 +433,8 @@ std::vector<std::string> Cache::Impl::check() {
     for (const auto& stray : listing.strays) problems.push_back("stray file: " + stray);
     check_mappings(txn, problems);
     txn.scan(members, "", [&](std::string_view key, std::string_view) {
-      std::string digest(digest_of_member_key(key));
-      if (!indexed.contains(digest)) problems.push_back("member row without blob: " + digest);
+      const std::string_view digest = digest_of_member_key(key);
+      if (!indexed.contains(digest)) problems.push_back("member row without blob: " + std::string(digest));
       return true;
     });
   });

@@ -15,11 +15,11 @@ namespace {
 // block of at least kMinTailBytes) must look uniformly random byte by byte, else Huffman coding
 // alone would gain; the statistic is integer-only, so the decision is the same on every
 // machine. Then the data must not repeat itself where deflate's 32 KiB window would find it:
-// members of kMinSampledBytes or more are sampled, up to kMaxSamples slices of kSampleBytes
+// content of kMinSampledBytes or more is sampled, up to kMaxSamples slices of kSampleBytes
 // spread evenly that must each fail to compress at level 1 (a sample spans twice the window);
-// smaller members, the .gz man pages and changelogs a Debian image is full of, are searched
-// whole for repeated 8-byte strings, which costs a tenth of compressing them. Members under
-// kMinTestedBytes are always deflated.
+// smaller content, the .gz man pages and changelogs a Debian image is full of, is searched
+// whole for repeated 8-byte strings, which costs a tenth of compressing it. Content under
+// kMinTestedBytes is always deflated.
 constexpr size_t kBlockBytes = 4096;
 constexpr size_t kMinTailBytes = 1024;
 // Chi-square of a block's byte counts against uniform, 256·Σc²/n − n, is about 255 ± 23 for
