@@ -192,12 +192,13 @@ Config parse_config_yaml(std::string_view yaml_text) {
   }
   Config c;
   if (root.IsNull()) return c;
-  check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "timeouts", "limits",
-                              "default_upstream", "upstreams", "variants", "webhooks"});
+  check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "coalesce_manifests", "timeouts",
+                              "limits", "default_upstream", "upstreams", "variants", "webhooks"});
   if (root["listen"]) parse_listen(scalar<std::string>(root["listen"], "listen"), c);
   if (root["threads"]) c.threads = scalar<int>(root["threads"], "threads");
   if (root["cache_dir"]) c.cache_dir = scalar<std::string>(root["cache_dir"], "cache_dir");
   if (root["log_level"]) c.log_level = scalar<std::string>(root["log_level"], "log_level");
+  if (root["coalesce_manifests"]) c.coalesce_manifests = scalar<bool>(root["coalesce_manifests"], "coalesce_manifests");
   if (auto t = root["timeouts"]) {
     check_keys(t, "timeouts", {"header", "idle", "upstream_connect", "upstream_read", "shutdown"});
     if (t["header"]) c.timeouts.header = duration_at(t["header"], "timeouts.header");

@@ -86,6 +86,9 @@ struct Config {
   int threads = 0;  // 0: one per core
   std::string cache_dir = "/var/lib/accel-proxy";
   std::string log_level = "info";
+  // Identical manifest requests (same upstream, method, target and headers, credentials
+  // included) in flight at the same time share one upstream exchange.
+  bool coalesce_manifests = true;
   Timeouts timeouts;
   Limits limits;
   std::string default_upstream;

@@ -3,6 +3,8 @@
 #include "proxy/exchange.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
@@ -317,6 +319,74 @@ net::awaitable<void> serve_ranges(ProxyContext& ctx, std::string_view upstream_n
   co_await client.finish();
 }
 
+// --- Identical manifest requests share one upstream exchange ------------------------------------
+//
+// A rollout pulls one tag on many nodes at once. While a manifest request is in flight upstream,
+// an identical one (same upstream, method, target and every forwarded header, Authorization
+// included, so an answer only ever reaches holders of the same credential) waits for its answer
+// instead of asking again. Nothing outlives the exchange: a request arriving after the answer
+// asks the upstream anew, so this never serves a stale tag. One table per worker thread: no locks.
+
+// Answers up to this size are held in memory to be shared; larger ones stream as before.
+constexpr uint64_t kSharedAnswerMaxBytes = 1024 * 1024;
+
+}  // namespace
+
+struct SharedAnswer {
+  ResponseHead head;  // as the upstream sent it: the token realm is rewritten per client
+  std::string body;
+};
+
+struct ManifestFlight {
+  explicit ManifestFlight(const net::any_io_executor& executor)
+      : landed(executor, net::steady_timer::time_point::max()) {}
+  net::steady_timer landed;            // cancelled when the leading request is done
+  std::optional<SharedAnswer> answer;  // unset: each waiting request asks the upstream itself
+};
+
+namespace {
+
+// Everything of an upstream request that can shape its answer.
+std::string flight_key(const Endpoint& endpoint, const Request& out) {
+  std::string key = endpoint.key();
+  key.append(" ").append(out.method_string()).append(" ").append(out.target()).append("\n");
+  for (const auto& f : out) key.append(f.name_string()).append(":").append(f.value()).append("\n");
+  return key;
+}
+
+// Held by the leading request: lands its flight when it is done, also when it throws, so that
+// waiting requests never wait for an answer that is not coming.
+class FlightLanding {
+ public:
+  FlightLanding(ManifestFlights& flights, std::string key, std::shared_ptr<ManifestFlight> flight)
+      : flights_(flights), key_(std::move(key)), flight_(std::move(flight)) {}
+  FlightLanding(const FlightLanding&) = delete;
+  FlightLanding& operator=(const FlightLanding&) = delete;
+  ~FlightLanding() { land(); }
+
+  void land() {
+    if (!flight_) return;
+    if (auto it = flights_.by_key.find(key_); it != flights_.by_key.end() && it->second == flight_)
+      flights_.by_key.erase(it);
+    flight_->landed.cancel();
+    flight_.reset();
+  }
+
+ private:
+  ManifestFlights& flights_;
+  std::string key_;
+  std::shared_ptr<ManifestFlight> flight_;
+};
+
+net::awaitable<void> send_shared(ProxyContext& ctx, const UpstreamConfig& upstream, const Request& request,
+                                 const SharedAnswer& answer, ClientConnection& client) {
+  ResponseHead head = answer.head;
+  if (head.status == 401) rewrite_challenge(ctx, upstream, request, head);
+  co_await client.write_head(head);
+  co_await client.write_body(net::buffer(answer.body));
+  co_await client.finish();
+}
+
 // --- Route handlers ---------------------------------------------------------------------------
 
 net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, Route route,
@@ -339,6 +409,29 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
 
   Request out = upstream_request(request, request.method(), upstream_path(route) + upstream_query(route), endpoint);
   if (route.kind == RouteKind::blob && range.kind == RangeHeader::Kind::absent) out.erase(http::field::range);
+
+  // A manifest request identical to one in flight waits for that one's answer; otherwise it
+  // leads a flight of its own that later identical requests can join.
+  std::shared_ptr<ManifestFlight> flight;
+  std::optional<FlightLanding> landing;
+  if (route.kind == RouteKind::manifest && ctx.flights) {
+    std::string key = flight_key(endpoint, out);
+    if (auto it = ctx.flights->by_key.find(key); it != ctx.flights->by_key.end()) {
+      std::shared_ptr<ManifestFlight> joined = it->second;
+      co_await joined->landed.async_wait(net::as_tuple(net::use_awaitable));
+      if (joined->answer) {
+        ctx.metrics.add("accel_proxy_coalesced_requests_total", {{"upstream", upstream.name}});
+        co_await send_shared(ctx, upstream, request, *joined->answer, client);
+        co_return;
+      }
+      // The leading request got no answer to share (too large, or it failed): ask ourselves.
+    } else {
+      flight = std::make_shared<ManifestFlight>(co_await net::this_coro::executor);
+      ctx.flights->by_key.emplace(key, flight);
+      landing.emplace(*ctx.flights, std::move(key), flight);
+    }
+  }
+
   Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, out);
   UpstreamResponse& response = *fetched.response;
   const unsigned status = response.status();
@@ -346,32 +439,44 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
   if (status == 401) rewrite_challenge(ctx, upstream, request, head);
 
   switch (route.kind) {
-    case RouteKind::manifest:
-      if (status == 200) {
-        auto length = response.content_length();
-        if (length && *length > ctx.config.limits.max_manifest_bytes) {
+    case RouteKind::manifest: {
+      const auto length = response.content_length();
+      if (status == 200 && length && *length > ctx.config.limits.max_manifest_bytes) {
+        co_await send_error(client, 502, "MANIFEST_INVALID", "upstream manifest exceeds the size limit");
+        co_return;
+      }
+      std::optional<std::string> body;  // set when the whole answer is read here
+      if (status == 200 && !length && !head_request) {  // chunked: read it whole (bounded) to check the size
+        std::string whole;
+        try {
+          whole = co_await response.read_all(ctx.config.limits.max_manifest_bytes);
+        } catch (const UpstreamError&) {
+          whole.clear();
+        }
+        if (!response.body_done()) {
           co_await send_error(client, 502, "MANIFEST_INVALID", "upstream manifest exceeds the size limit");
           co_return;
         }
-        if (!length && !head_request) {  // chunked: read it whole (bounded) to check the size
-          std::string body;
-          try {
-            body = co_await response.read_all(ctx.config.limits.max_manifest_bytes);
-          } catch (const UpstreamError&) {
-            body.clear();
-          }
-          if (!response.body_done()) {
-            co_await send_error(client, 502, "MANIFEST_INVALID", "upstream manifest exceeds the size limit");
-            co_return;
-          }
-          head.content_length = body.size();
-          co_await client.write_head(head);
-          co_await client.write_body(net::buffer(body));
-          co_await client.finish();
+        body = std::move(whole);
+      } else if (landing && (head_request || response.body_done() || (length && *length <= kSharedAnswerMaxBytes))) {
+        // (no co_await inside ?: — GCC 12 miscompiles the temporaries there)
+        body.emplace();
+        if (!response.body_done()) *body = co_await response.read_all(kSharedAnswerMaxBytes);
+      }
+      if (body) {
+        SharedAnswer answer{head_from(response), std::move(*body)};  // the head before any realm rewrite
+        if (!head_request) answer.head.content_length = answer.body.size();
+        if (!landing) {
+          co_await send_shared(ctx, upstream, request, answer, client);
           co_return;
         }
+        flight->answer = std::move(answer);
+        landing->land();
+        co_await send_shared(ctx, upstream, request, *flight->answer, client);
+        co_return;
       }
       break;
+    }
 
     case RouteKind::blob:
       if (status == 200 || status == 206) head.set("Accept-Ranges", "bytes");
@@ -456,6 +561,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
     default:
       break;
   }
+  if (landing) landing->land();  // nothing to share: waiting requests ask for themselves now
   co_await relay(*fetched.response, client, std::move(head));
 }
 

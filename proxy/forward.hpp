@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -23,6 +24,14 @@ namespace accel {
 
 using Request = http::request<http::string_body>;
 
+// Manifest requests in flight upstream on one worker, keyed by everything that shapes the
+// answer: an identical request arriving meanwhile waits for that answer instead of asking the
+// upstream again (see forward.cpp, "Identical manifest requests share one upstream exchange").
+struct ManifestFlight;
+struct ManifestFlights {
+  std::unordered_map<std::string, std::shared_ptr<ManifestFlight>> by_key;
+};
+
 // Everything a request handler may use; one per worker thread except the shared parts.
 class Variants;  // proxy/variants.hpp
 
@@ -31,7 +40,8 @@ struct ProxyContext {
   Metrics& metrics;
   TokenRealms& realms;
   UpstreamClient& upstreams;
-  Variants* variants = nullptr;  // null when variants are off
+  Variants* variants = nullptr;         // null when variants are off
+  ManifestFlights* flights = nullptr;   // null: every request asks the upstream itself
 };
 
 // Status line and fields of an answer. Without a content length the body is sent chunked.

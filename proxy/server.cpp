@@ -34,6 +34,8 @@ void describe_proxy_metrics(Metrics& m) {
              "Time from sending a request upstream to its response header, by upstream.");
   m.describe("accel_proxy_upstream_errors_total", T::counter, "Requests that failed because of an upstream, by upstream.");
   m.describe("accel_proxy_open_connections", T::gauge, "Client connections currently open.");
+  m.describe("accel_proxy_coalesced_requests_total", T::counter,
+             "Manifest requests answered with the answer of an identical request in flight, by upstream.");
 }
 
 // One thread's share of the server. Member order matters: the upstream client must outlive the
@@ -41,6 +43,7 @@ void describe_proxy_metrics(Metrics& m) {
 struct Server::Worker {
   std::unique_ptr<net::io_context> io = std::make_unique<net::io_context>(1);
   UpstreamClient upstreams;
+  ManifestFlights flights;
   ProxyContext context;
   tcp::acceptor acceptor{*io};
   std::thread thread;
@@ -48,10 +51,12 @@ struct Server::Worker {
   std::set<beast::tcp_stream*> idle;       // connections waiting for their next request
 
   Worker(const Config& config, Metrics& metrics, TokenRealms& realms, Variants* variants)
-      : upstreams(io->get_executor(), config), context{config, metrics, realms, upstreams, variants} {}
+      : upstreams(io->get_executor(), config),
+        context{config, metrics, realms, upstreams, variants, config.coalesce_manifests ? &flights : nullptr} {}
   ~Worker() {
     if (thread.joinable()) thread.join();
     upstreams.shutdown();  // pooled sockets close while their io_context still exists
+    flights.by_key.clear();  // their timers too (requests still waiting hold theirs until destroyed)
     io.reset();            // destroys suspended sessions while `upstreams` still exists
   }
 
