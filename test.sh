@@ -35,7 +35,7 @@ cmake --build build-asan -j"$jobs" --target accel-proxy
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     test_passthrough.py test_range.py test_bad_input.py test_tags_referrers.py test_routing.py \
-    test_auth.py test_operations.py test_tls.py)
+    test_auth.py test_operations.py test_tls.py test_coalescing.py)
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
