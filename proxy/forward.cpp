@@ -169,6 +169,7 @@ Request upstream_request(const Request& client_request, http::verb method, std::
 ResponseHead head_from(const UpstreamResponse& response) {
   ResponseHead h;
   h.status = response.status();
+  h.fields.reserve(12);  // a registry answer carries about 6 to 10
   const auto& fields = response.headers();
   auto connection = fields[http::field::connection];
   for (const auto& f : fields) {

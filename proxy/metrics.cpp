@@ -29,10 +29,7 @@ std::string series(std::string_view name, const std::string& labels, std::string
   return s;
 }
 
-}  // namespace
-
-std::string format_labels(Labels labels) {
-  std::string out;
+void append_labels(std::string& out, Labels labels) {
   for (const auto& [k, v] : labels) {
     if (!out.empty()) out += ',';
     out += k;
@@ -44,8 +41,35 @@ std::string format_labels(Labels labels) {
     }
     out += '"';
   }
+}
+
+}  // namespace
+
+std::string format_labels(Labels labels) {
+  std::string out;
+  append_labels(out, labels);
   return out;
 }
+
+namespace {
+
+// The label text of a sample being recorded, built in a buffer each thread reuses: recording
+// runs on every request, and a series that exists already then costs no allocation.
+std::string& label_key(Labels labels) {
+  thread_local std::string key;
+  key.clear();
+  append_labels(key, labels);
+  return key;
+}
+
+template <class Map>
+typename Map::mapped_type& series_at(Map& map, const std::string& key) {
+  auto it = map.find(key);
+  if (it == map.end()) it = map.emplace(key, typename Map::mapped_type{}).first;
+  return it->second;
+}
+
+}  // namespace
 
 Metrics::Metrics() = default;
 
@@ -57,27 +81,27 @@ void Metrics::describe(std::string_view name, Type type, std::string_view help) 
 }
 
 void Metrics::add(std::string_view name, Labels labels, double value) {
-  std::string key = format_labels(labels);
+  const std::string& key = label_key(labels);
   std::lock_guard lock(mutex_);
   auto it = families_.find(name);
   if (it == families_.end()) it = families_.emplace(std::string(name), Family{}).first;
-  it->second.values[key] += value;
+  series_at(it->second.values, key) += value;
 }
 
 void Metrics::set(std::string_view name, Labels labels, double value) {
-  std::string key = format_labels(labels);
+  const std::string& key = label_key(labels);
   std::lock_guard lock(mutex_);
   auto it = families_.find(name);
   if (it == families_.end()) it = families_.emplace(std::string(name), Family{Type::gauge, {}, {}, {}}).first;
-  it->second.values[key] = value;
+  series_at(it->second.values, key) = value;
 }
 
 void Metrics::observe(std::string_view name, Labels labels, double value) {
-  std::string key = format_labels(labels);
+  const std::string& key = label_key(labels);
   std::lock_guard lock(mutex_);
   auto it = families_.find(name);
   if (it == families_.end()) it = families_.emplace(std::string(name), Family{Type::histogram, {}, {}, {}}).first;
-  auto& h = it->second.histograms[key];
+  auto& h = series_at(it->second.histograms, key);
   if (h.bucket_counts.empty()) h.bucket_counts.assign(kBuckets.size(), 0);
   for (size_t i = 0; i < kBuckets.size(); ++i)
     if (value <= kBuckets[i]) { ++h.bucket_counts[i]; break; }

@@ -13,7 +13,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
-#include <set>
+#include <map>
 #include <spdlog/spdlog.h>
 #include <thread>
 
@@ -48,7 +48,7 @@ struct Server::Worker {
   tcp::acceptor acceptor{*io};
   std::thread thread;
   bool draining = false;                   // touched only on this worker's thread
-  std::set<beast::tcp_stream*> idle;       // connections waiting for their next request
+  std::map<beast::tcp_stream*, bool> open;  // client connections; true while waiting for a request
 
   Worker(const Config& config, Metrics& metrics, TokenRealms& realms, Variants* variants)
       : upstreams(io->get_executor(), config),
@@ -108,15 +108,26 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
   ClientConnection client(stream, config.timeouts.idle);
   beast::flat_buffer buffer;
+  // Listed in `open` (for drain) and counted while the session lasts, however it ends.
   metrics.add("accel_proxy_open_connections", {}, 1);
+  struct Listing {
+    std::map<beast::tcp_stream*, bool>& open;
+    std::map<beast::tcp_stream*, bool>::iterator entry;
+    Metrics& metrics;
+    ~Listing() {
+      open.erase(entry);
+      metrics.add("accel_proxy_open_connections", {}, -1);
+    }
+  } listing{open, open.emplace(&stream, false).first, metrics};
+  bool& idle = listing.entry->second;
 
   while (!draining) {
     // Between requests the idle timeout applies; once a request starts, the header timeout.
     if (buffer.size() == 0) {
-      idle.insert(&stream);
+      idle = true;
       stream.expires_after(config.timeouts.idle);
       auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), use_tuple);
-      idle.erase(&stream);
+      idle = false;
       if (ec || n == 0) break;
       buffer.commit(n);
     }
@@ -178,7 +189,6 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
                  broken ? " aborted=true" : "");
     if (broken || !client.keep_alive()) break;
   }
-  metrics.add("accel_proxy_open_connections", {}, -1);
   beast::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   stream.socket().close(ignored);
@@ -189,7 +199,8 @@ void Server::Worker::drain() {
   beast::error_code ignored;
   acceptor.close(ignored);
   // Busy connections finish their request and then close; idle ones close now.
-  for (auto* stream : idle) stream->socket().cancel(ignored);
+  for (auto& [stream, idle] : open)
+    if (idle) stream->socket().cancel(ignored);
 }
 
 Server::Server(const Config& config, Metrics& metrics, Variants* variants) : config_(config), metrics_(metrics) {

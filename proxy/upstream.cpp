@@ -67,6 +67,7 @@ class UpstreamConnection {
 
   std::variant<Plain, Secure> stream;
   std::string key;
+  int max_idle = 64;  // pooled connections kept for `key` (the upstream's setting, 64 for others)
   beast::flat_buffer buffer;
   std::optional<http::response_parser<http::buffer_body>> parser;
   Duration read_timeout{};
@@ -337,6 +338,7 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(cons
     c = std::make_unique<UpstreamConnection>(std::in_place_type<UpstreamConnection::Plain>, executor_);
   }
   c->key = endpoint.key();
+  if (endpoint.settings && endpoint_of(*endpoint.settings).key() == c->key) c->max_idle = endpoint.settings->max_idle_connections;
   c->read_timeout = config_.timeouts.upstream_read;
   c->lowest().expires_after(config_.timeouts.upstream_connect);
   auto [cec, ep] = co_await c->lowest().async_connect(results, use_tuple);
@@ -362,10 +364,7 @@ void UpstreamClient::shutdown() {
 void UpstreamClient::release(std::unique_ptr<UpstreamConnection> connection) {
   if (shut_down_) return;  // closes it
   auto& idle = idle_[connection->key];
-  int limit = 64;
-  for (const auto& u : config_.upstreams)
-    if (endpoint_of(u).key() == connection->key) limit = u.max_idle_connections;
-  if (static_cast<int>(idle.size()) >= limit) return;  // closes it
+  if (static_cast<int>(idle.size()) >= connection->max_idle) return;  // closes it
   connection->parser.reset();
   connection->raw_body = false;
   connection->done = false;
