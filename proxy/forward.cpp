@@ -63,7 +63,10 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
     out += v;
     out += "\r\n";
   }
-  if (head.content_length) {
+  // 1xx and 204 must not carry a Content-Length; a 304's would have to be the full body's, and
+  // may be left out (RFC 9110 §8.6), so it is.
+  const bool length_forbidden = head.status == 204 || head.status == 304 || head.status / 100 == 1;
+  if (head.content_length && !length_forbidden) {
     out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
   } else if (!bodyless && !http10_) {
     out += "Transfer-Encoding: chunked\r\n";
@@ -466,7 +469,8 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       }
       if (body) {
         SharedAnswer answer{head_from(response), std::move(*body)};  // the head before any realm rewrite
-        if (!head_request) answer.head.content_length = answer.body.size();
+        // A HEAD, 204 or 304 answer keeps the upstream's Content-Length (that of the full body).
+        if (!head_request && status != 204 && status != 304) answer.head.content_length = answer.body.size();
         if (!landing) {
           co_await send_shared(ctx, upstream, request, answer, client);
           co_return;

@@ -108,6 +108,31 @@ def test_accept_really_changes_the_answer(proxy, pushed_images):
     assert schema2.content == docker.manifest
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_conditional_manifest_request_gets_304(proxy, open_registry, pushed_images, method):
+    """If-None-Match with the manifest's ETag: 304 as upstream, with no body and no
+    Content-Length (a 304 may only carry the full body's length, RFC 9110 §8.6)."""
+    image = pushed_images.oci
+    path = f"/v2/{image.repo}/manifests/{image.tag}"
+    etag = requests.head(open_registry.url + path, headers={"Accept": image.media_type},
+                         timeout=10).headers["ETag"]
+    headers = {"Accept": image.media_type, "If-None-Match": etag}
+    via, direct = both(method, proxy, open_registry, path, headers)
+    assert direct.status_code == 304, "the registry's own answer changed"
+    assert via.status_code == 304
+    assert via.content == b""
+    assert "Content-Length" not in via.headers, via.headers
+    # The connection stays usable after a 304 (no body was expected or sent).
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        for _ in range(2):
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == 304 and resp.read() == b""
+    finally:
+        conn.close()
+
+
 def test_unknown_manifest_and_blob_errors_pass_through(proxy, open_registry, pushed_images):
     repo = pushed_images.oci.repo
     for path in (f"/v2/{repo}/manifests/no-such-tag",
