@@ -471,6 +471,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
         SharedAnswer answer{head_from(response), std::move(*body)};  // the head before any realm rewrite
         // A HEAD, 204 or 304 answer keeps the upstream's Content-Length (that of the full body).
         if (!head_request && status != 204 && status != 304) answer.head.content_length = answer.body.size();
+        fetched.response.reset();  // read to the end: its connection goes back to the pool now
         if (!landing) {
           co_await send_shared(ctx, upstream, request, answer, client);
           co_return;
