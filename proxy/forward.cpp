@@ -424,6 +424,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       std::shared_ptr<ManifestFlight> joined = it->second;
       co_await joined->landed.async_wait(net::as_tuple(net::use_awaitable));
       if (joined->answer) {
+        info.coalesced = true;
         ctx.metrics.add("accel_proxy_coalesced_requests_total", {{"upstream", upstream.name}});
         co_await send_shared(ctx, upstream, request, *joined->answer, client);
         co_return;

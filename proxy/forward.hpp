@@ -103,6 +103,7 @@ struct ExchangeInfo {
   std::string route = "other";
   std::string repository;
   std::string upstream;
+  bool coalesced = false;  // answered with the answer of an identical request in flight
 };
 
 // Handles one request. Throws only after the answer's head was sent (the caller then closes

@@ -183,10 +183,10 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
                 {{"route", info.route}, {"method", method_label(request.method())}, {"code", code}});
     metrics.add("accel_proxy_http_response_bytes_total", {{"route", info.route}}, static_cast<double>(client.body_bytes()));
     // Never log headers or query strings: they can carry credentials and tokens.
-    spdlog::info("request method={} route={} repo={} status={} bytes={} duration_ms={:.2f} upstream={}{}",
+    spdlog::info("request method={} route={} repo={} status={} bytes={} duration_ms={:.2f} upstream={}{}{}",
                  method_label(request.method()), info.route, info.repository.empty() ? "-" : info.repository,
                  client.status(), client.body_bytes(), ms, info.upstream.empty() ? "-" : info.upstream,
-                 broken ? " aborted=true" : "");
+                 info.coalesced ? " coalesced=true" : "", broken ? " aborted=true" : "");
     if (broken || !client.keep_alive()) break;
   }
   beast::error_code ignored;

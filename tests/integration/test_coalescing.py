@@ -7,6 +7,7 @@ in flight at once, and it counts the requests that reach the registry.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -68,6 +69,9 @@ def test_identical_requests_share_one_exchange(proxy_factory, open_registry, pus
     # (one more if a request of the burst came late enough to lead a flight of its own).
     assert 1 <= reached <= WORKERS + 1, f"{reached} of {BURST} requests reached the registry"
     assert coalesced(p, "main") == BURST - reached
+    # The access log says which requests were answered so.
+    logged = Path(p.service.log_path).read_text(errors="replace")
+    assert logged.count(" coalesced=true") == BURST - reached
 
     # Nothing is kept once answered: the next request asks the registry again.
     again = requests.request(method, p.url + path, headers=accept, timeout=30)
