@@ -52,7 +52,10 @@ void ClientConnection::begin(bool head_request, bool keep_alive, bool http10) {
 
 net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
   status_ = head.status;
-  const bool bodyless = head_request_ || head.status == 204 || head.status == 304 || head.status / 100 == 1;
+  // 1xx and 204 must not carry a Content-Length; a 304's would have to be the full body's, and
+  // may be left out (RFC 9110 §8.6), so it is. None of them has a body.
+  const bool length_forbidden = head.status == 204 || head.status == 304 || head.status / 100 == 1;
+  const bool bodyless = head_request_ || length_forbidden;
   std::string& out = pending_head_;
   out = "HTTP/1.1 " + std::to_string(head.status) + " ";
   out += http::obsolete_reason(static_cast<http::status>(head.status));
@@ -63,9 +66,6 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
     out += v;
     out += "\r\n";
   }
-  // 1xx and 204 must not carry a Content-Length; a 304's would have to be the full body's, and
-  // may be left out (RFC 9110 §8.6), so it is.
-  const bool length_forbidden = head.status == 204 || head.status == 304 || head.status / 100 == 1;
   if (head.content_length && !length_forbidden) {
     out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
   } else if (!bodyless && !http10_) {
@@ -73,7 +73,7 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
     chunked_ = true;
   } else if (!bodyless) {
     keep_alive_ = false;  // HTTP/1.0 has no chunked encoding: the body ends at close
-  } else if (head.status != 204 && head.status != 304) {
+  } else if (!length_forbidden) {
     out += "Content-Length: 0\r\n";
   }
   if (!keep_alive_) out += "Connection: close\r\n";
@@ -368,6 +368,15 @@ class FlightLanding {
   FlightLanding& operator=(const FlightLanding&) = delete;
   ~FlightLanding() { land(); }
 
+  // Shares `answer` with the waiting requests and lands; the flight returned keeps it alive.
+  std::shared_ptr<const ManifestFlight> land_with(SharedAnswer answer) {
+    std::shared_ptr<const ManifestFlight> landed = flight_;
+    flight_->answer = std::move(answer);
+    land();
+    return landed;
+  }
+
+  // Lands without an answer: the waiting requests ask the upstream themselves.
   void land() {
     if (!flight_) return;
     if (auto it = flights_.by_key.find(key_); it != flights_.by_key.end() && it->second == flight_)
@@ -416,7 +425,6 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
 
   // A manifest request identical to one in flight waits for that one's answer; otherwise it
   // leads a flight of its own that later identical requests can join.
-  std::shared_ptr<ManifestFlight> flight;
   std::optional<FlightLanding> landing;
   if (route.kind == RouteKind::manifest && ctx.flights) {
     std::string key = flight_key(endpoint, out);
@@ -431,17 +439,17 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       }
       // The leading request got no answer to share (too large, or it failed): ask ourselves.
     } else {
-      flight = std::make_shared<ManifestFlight>(co_await net::this_coro::executor);
+      auto flight = std::make_shared<ManifestFlight>(co_await net::this_coro::executor);
       ctx.flights->by_key.emplace(key, flight);
-      landing.emplace(*ctx.flights, std::move(key), flight);
+      landing.emplace(*ctx.flights, std::move(key), std::move(flight));
     }
   }
 
   Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, out);
   UpstreamResponse& response = *fetched.response;
   const unsigned status = response.status();
+  // As the upstream sent it: a 401's token realm is rewritten where it leaves (send_shared, relay).
   ResponseHead head = head_from(response);
-  if (status == 401) rewrite_challenge(ctx, upstream, request, head);
 
   switch (route.kind) {
     case RouteKind::manifest: {
@@ -469,17 +477,16 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
         if (!response.body_done()) *body = co_await response.read_all(kSharedAnswerMaxBytes);
       }
       if (body) {
-        SharedAnswer answer{head_from(response), std::move(*body)};  // the head before any realm rewrite
+        SharedAnswer answer{std::move(head), std::move(*body)};
         // A HEAD, 204 or 304 answer keeps the upstream's Content-Length (that of the full body).
         if (!head_request && status != 204 && status != 304) answer.head.content_length = answer.body.size();
         fetched.response.reset();  // read to the end: its connection goes back to the pool now
-        if (!landing) {
+        if (landing) {
+          auto landed = landing->land_with(std::move(answer));
+          co_await send_shared(ctx, upstream, request, *landed->answer, client);
+        } else {
           co_await send_shared(ctx, upstream, request, answer, client);
-          co_return;
         }
-        flight->answer = std::move(answer);
-        landing->land();
-        co_await send_shared(ctx, upstream, request, *flight->answer, client);
         co_return;
       }
       break;
@@ -569,6 +576,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       break;
   }
   if (landing) landing->land();  // nothing to share: waiting requests ask for themselves now
+  if (status == 401) rewrite_challenge(ctx, upstream, request, head);
   co_await relay(*fetched.response, client, std::move(head));
 }
 

@@ -6,14 +6,13 @@ A SlowFront relay holds every registry answer back, so a burst of requests start
 in flight at once, and it counts the requests that reach the registry.
 """
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-import prom
+import variant_env as ve
 from checks import assert_healthy
 from proxy import upstream
 from registry import HTPASSWD_USERS
@@ -37,18 +36,11 @@ def burst(n, request):
 
 
 def coalesced(proxy, upstream_name):
-    samples = prom.parse(requests.get(proxy.url + "/metrics", timeout=10).text)
-    return prom.total(samples, "accel_proxy_coalesced_requests_total", upstream=upstream_name)
+    return ve.metric(proxy, "accel_proxy_coalesced_requests_total", upstream=upstream_name)
 
 
-def coalesced_log_lines(proxy, expected, wait=10.0):
-    """Access log lines marked coalesced=true, polled until there are `expected` (or `wait` s)."""
-    deadline = time.monotonic() + wait
-    while True:
-        count = Path(proxy.service.log_path).read_text(errors="replace").count(" coalesced=true")
-        if count >= expected or time.monotonic() > deadline:
-            return count
-        time.sleep(0.05)
+def coalesced_log_lines(proxy):
+    return Path(proxy.service.log_path).read_text(errors="replace").count(" coalesced=true")
 
 
 @pytest.fixture
@@ -82,7 +74,8 @@ def test_identical_requests_share_one_exchange(proxy_factory, open_registry, pus
     assert coalesced(p, "main") == BURST - reached
     # The access log says which requests were answered so (each line is written just after its
     # answer, so the last ones may lag the clients by a moment).
-    assert coalesced_log_lines(p, BURST - reached) == BURST - reached
+    ve.wait_until(lambda: coalesced_log_lines(p) >= BURST - reached, 10, "the access log lines")
+    assert coalesced_log_lines(p) == BURST - reached
 
     # Nothing is kept once answered: the next request asks the registry again.
     again = requests.request(method, p.url + path, headers=accept, timeout=30)
