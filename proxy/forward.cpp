@@ -685,7 +685,7 @@ net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, C
           co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
           co_return;
         }
-        co_await forward_registry(ctx, request, route, client, info);
+        co_await forward_registry(ctx, request, std::move(route), client, info);
         co_return;
     }
   } catch (const std::exception& e) {

@@ -1,15 +1,16 @@
 #include "proxy/http_headers.hpp"
 
-#include <array>
-#include <cctype>
-
 namespace accel {
+
+namespace {
+// ASCII only, as HTTP field names are; std::tolower would consult the locale per character.
+char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c; }
+}  // namespace
 
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   return true;
 }
 
@@ -20,12 +21,18 @@ std::string_view trim_ows(std::string_view s) {
 }
 
 bool is_hop_by_hop(std::string_view name) {
-  static constexpr std::array<std::string_view, 9> kHopByHop{
-      "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-      "te",         "trailer",    "transfer-encoding",  "upgrade"};
-  for (auto h : kHopByHop)
-    if (iequals(name, h)) return true;
-  return false;
+  // Runs for every field of every request and answer: the length picks the one or two
+  // candidates to compare.
+  switch (name.size()) {
+    case 2: return iequals(name, "te");
+    case 7: return iequals(name, "trailer") || iequals(name, "upgrade");
+    case 10: return iequals(name, "connection") || iequals(name, "keep-alive");
+    case 16: return iequals(name, "proxy-connection");
+    case 17: return iequals(name, "transfer-encoding");
+    case 18: return iequals(name, "proxy-authenticate");
+    case 19: return iequals(name, "proxy-authorization");
+    default: return false;
+  }
 }
 
 bool connection_lists(std::string_view value, std::string_view name) {

@@ -1,6 +1,5 @@
 #include "proxy/route.hpp"
 
-#include <boost/url/parse.hpp>
 #include <boost/url/encode.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 
@@ -20,6 +19,7 @@ Route invalid(std::string code, int status, std::string message) {
 
 std::vector<std::string_view> split_path(std::string_view path) {
   std::vector<std::string_view> parts;
+  parts.reserve(8);
   size_t start = 0;
   while (start <= path.size()) {
     size_t slash = path.find('/', start);
@@ -114,16 +114,13 @@ std::optional<std::string> Route::query_value(std::string_view key) const {
 bool Route::reference_is_digest() const { return looks_like_digest(reference); }
 
 Route parse_route(std::string_view target) {
-  auto url = boost::urls::parse_origin_form(target);
-  if (!url) return invalid("NAME_INVALID", 400, "malformed request target");
-  std::string_view path = url->encoded_path();
+  auto parsed = parse_request_target(target);
+  if (!parsed) return invalid("NAME_INVALID", 400, "malformed request target");
+  const std::string_view path = parsed->path;
   // Registry names never contain '%', '.' segments or empty segments: refusing any
   // percent-encoding up front closes every traversal trick (%2e%2e, %2f) at once.
   if (path.find('%') != std::string_view::npos || path.find('\\') != std::string_view::npos)
     return invalid("NAME_INVALID", 400, "percent-encoded or backslash characters in path");
-
-  std::vector<QueryParam> query;
-  for (auto param : url->params()) query.push_back({std::string(param.key), std::string(param.value)});
 
   Route r;
   if (path == "/v2" || path == "/v2/") {
@@ -156,7 +153,7 @@ Route parse_route(std::string_view target) {
         return invalid("NAME_INVALID", 400, "empty or dot segment in repository path");
     r = parse_repository_route(parts);
   }
-  r.query = std::move(query);
+  r.query = std::move(parsed->query);
   return r;
 }
 

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "proxy/request_target.hpp"
+
 namespace accel {
 
 enum class RouteKind {
@@ -31,11 +33,6 @@ enum class RouteKind {
 
 // A short label for logs and metrics ("manifest", "blob", ...).
 std::string_view route_label(RouteKind kind);
-
-struct QueryParam {
-  std::string key;
-  std::string value;  // percent-decoded
-};
 
 struct Route {
   RouteKind kind = RouteKind::not_found;

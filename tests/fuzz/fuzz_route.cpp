@@ -1,14 +1,33 @@
 // libFuzzer target: request-target classification. Whatever comes in, a registry route that is
 // accepted must carry a valid name and reference, and its upstream path must not escape /v2/.
+// The request target is also read by Boost.URL: the hand-written parser must read it the same.
+#include <boost/url/parse.hpp>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "proxy/oci_names.hpp"
+#include "proxy/request_target.hpp"
 #include "proxy/route.hpp"
+
+static void check_target_reading(std::string_view input) {
+  auto ours = accel::parse_request_target(input);
+  auto url = boost::urls::parse_origin_form(input);
+  if (ours.has_value() != url.has_value()) __builtin_trap();
+  if (!ours) return;
+  if (ours->path != url->encoded_path()) __builtin_trap();
+  size_t i = 0;
+  if (url->has_query())
+    for (auto p : url->params()) {
+      if (i >= ours->query.size() || ours->query[i].key != p.key || ours->query[i].value != p.value) __builtin_trap();
+      ++i;
+    }
+  if (i != ours->query.size()) __builtin_trap();
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view input(reinterpret_cast<const char*>(data), size);
+  check_target_reading(input);
   auto route = accel::parse_route(input);
   using K = accel::RouteKind;
   if (route.kind == K::manifest || route.kind == K::blob || route.kind == K::tags || route.kind == K::referrers) {
