@@ -36,8 +36,8 @@ void ResponseHead::set(std::string name, std::string value) {
   fields.emplace_back(std::move(name), std::move(value));
 }
 
-ClientConnection::ClientConnection(beast::tcp_stream& stream, Duration write_timeout)
-    : stream_(stream), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
+ClientConnection::ClientConnection(net::ip::tcp::socket& socket, Deadline& deadline, Duration write_timeout)
+    : socket_(socket), deadline_(deadline), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
 
 void ClientConnection::begin(bool head_request, bool keep_alive, bool http10) {
   head_request_ = head_request;
@@ -86,35 +86,35 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
 net::awaitable<void> ClientConnection::write_body(net::const_buffer data) {
   if (head_request_ || data.size() == 0) co_return;
   body_bytes_ += data.size();
-  stream_.expires_after(write_timeout_);
+  deadline_.expires_after(write_timeout_);
   if (chunked_) {
     char size_line[24];
     int n = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
     std::array<net::const_buffer, 4> parts{net::buffer(pending_head_), net::buffer(size_line, n), data,
                                            net::buffer("\r\n", 2)};
-    co_await net::async_write(stream_, parts, net::use_awaitable);
+    co_await net::async_write(socket_, parts, net::use_awaitable);
   } else {
     std::array<net::const_buffer, 2> parts{net::buffer(pending_head_), data};
-    co_await net::async_write(stream_, parts, net::use_awaitable);
+    co_await net::async_write(socket_, parts, net::use_awaitable);
   }
   pending_head_.clear();
 }
 
 net::awaitable<void> ClientConnection::flush() {
   if (!pending_head_.empty()) {
-    stream_.expires_after(write_timeout_);
-    co_await net::async_write(stream_, net::buffer(pending_head_), net::use_awaitable);
+    deadline_.expires_after(write_timeout_);
+    co_await net::async_write(socket_, net::buffer(pending_head_), net::use_awaitable);
     pending_head_.clear();
   }
-  stream_.expires_never();
+  deadline_.expires_never();
 }
 
 net::awaitable<void> ClientConnection::finish() {
   if (chunked_ && !head_request_) pending_head_ += "0\r\n\r\n";
   chunked_ = false;
   if (!pending_head_.empty()) {
-    stream_.expires_after(write_timeout_);
-    co_await net::async_write(stream_, net::buffer(pending_head_), net::use_awaitable);
+    deadline_.expires_after(write_timeout_);
+    co_await net::async_write(socket_, net::buffer(pending_head_), net::use_awaitable);
     pending_head_.clear();
   }
 }

@@ -5,7 +5,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <memory>
@@ -17,6 +17,7 @@
 
 #include "auth/challenge.hpp"
 #include "proxy/config.hpp"
+#include "proxy/deadline.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/upstream.hpp"
 
@@ -57,8 +58,9 @@ struct ResponseHead {
 // connection can be kept open.
 class ClientConnection {
  public:
-  // `write_timeout`: longest a client may take to accept more of an answer.
-  ClientConnection(boost::beast::tcp_stream& stream, Duration write_timeout);
+  // `write_timeout`: longest a client may take to accept more of an answer, kept by `deadline`
+  // (the socket's).
+  ClientConnection(net::ip::tcp::socket& socket, Deadline& deadline, Duration write_timeout);
 
   // Starts a new exchange: `head_request` answers carry no body; `keep_alive` is the client's
   // wish; an HTTP/1.0 client (`http10`) must be told explicitly that the connection stays open.
@@ -71,7 +73,7 @@ class ClientConnection {
 
   // Body bytes may go straight to the socket (not chunked, not a HEAD answer).
   bool raw_body() const { return !chunked_ && !head_request_; }
-  net::ip::tcp::socket& socket() { return stream_.socket(); }
+  net::ip::tcp::socket& socket() { return socket_; }
   void count_body(uint64_t n) { body_bytes_ += n; }
   Duration write_timeout() const { return write_timeout_; }
 
@@ -85,7 +87,8 @@ class ClientConnection {
   static constexpr size_t kScratchSize = 256 * 1024;
 
  private:
-  boost::beast::tcp_stream& stream_;
+  net::ip::tcp::socket& socket_;
+  Deadline& deadline_;
   Duration write_timeout_;
   std::unique_ptr<char[]> scratch_;
   std::string pending_head_;  // sent together with the first body bytes

@@ -48,7 +48,7 @@ struct Server::Worker {
   tcp::acceptor acceptor{*io};
   std::thread thread;
   bool draining = false;                   // touched only on this worker's thread
-  std::map<beast::tcp_stream*, bool> open;  // client connections; true while waiting for a request
+  std::map<tcp::socket*, bool> open;  // client connections; true while waiting for a request
 
   Worker(const Config& config, Metrics& metrics, TokenRealms& realms, Variants* variants)
       : upstreams(io->get_executor(), config),
@@ -80,9 +80,9 @@ std::string_view method_label(http::verb v) {
 }
 
 // Answers a request that could not be read at all, then the connection closes.
-net::awaitable<void> reject(beast::tcp_stream& stream, Duration timeout, unsigned status, std::string_view code,
-                            std::string_view message) {
-  ClientConnection client(stream, timeout);
+net::awaitable<void> reject(tcp::socket& socket, Deadline& deadline, Duration timeout, unsigned status,
+                            std::string_view code, std::string_view message) {
+  ClientConnection client(socket, deadline, timeout);
   client.begin(false, false);
   co_await send_error(client, status, code, message);
 }
@@ -105,28 +105,28 @@ net::awaitable<void> Server::Worker::accept_loop() {
 net::awaitable<void> Server::Worker::session(tcp::socket socket) {
   const Config& config = context.config;
   Metrics& metrics = context.metrics;
-  beast::tcp_stream stream(std::move(socket));
-  ClientConnection client(stream, config.timeouts.idle);
+  Deadline deadline(socket);
+  ClientConnection client(socket, deadline, config.timeouts.idle);
   beast::flat_buffer buffer;
   // Listed in `open` (for drain) and counted while the session lasts, however it ends.
   metrics.add("accel_proxy_open_connections", {}, 1);
   struct Listing {
-    std::map<beast::tcp_stream*, bool>& open;
-    std::map<beast::tcp_stream*, bool>::iterator entry;
+    std::map<tcp::socket*, bool>& open;
+    std::map<tcp::socket*, bool>::iterator entry;
     Metrics& metrics;
     ~Listing() {
       open.erase(entry);
       metrics.add("accel_proxy_open_connections", {}, -1);
     }
-  } listing{open, open.emplace(&stream, false).first, metrics};
+  } listing{open, open.emplace(&socket, false).first, metrics};
   bool& idle = listing.entry->second;
 
   while (!draining) {
     // Between requests the idle timeout applies; once a request starts, the header timeout.
     if (buffer.size() == 0) {
       idle = true;
-      stream.expires_after(config.timeouts.idle);
-      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), use_tuple);
+      deadline.expires_after(config.timeouts.idle);
+      auto [ec, n] = co_await socket.async_read_some(buffer.prepare(8192), use_tuple);
       idle = false;
       if (ec || n == 0) break;
       buffer.commit(n);
@@ -145,22 +145,23 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
     }
     if (ec == http::error::need_more) ec = {};
     if (!ec && !parser.is_done()) {
-      stream.expires_after(config.timeouts.header);
-      std::tie(ec, std::ignore) = co_await http::async_read(stream, buffer, parser, use_tuple);
+      deadline.expires_after(config.timeouts.header);
+      std::tie(ec, std::ignore) = co_await http::async_read(socket, buffer, parser, use_tuple);
     }
     if (ec == http::error::header_limit) {
-      co_await reject(stream, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
+      co_await reject(socket, deadline, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
       break;
     }
     if (ec == http::error::body_limit) {
-      co_await reject(stream, config.timeouts.idle, 413, "SIZE_INVALID", "request body too large");
+      co_await reject(socket, deadline, config.timeouts.idle, 413, "SIZE_INVALID", "request body too large");
       break;
     }
-    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == net::error::eof ||
+    // operation_aborted: the header timeout passed (or the server is draining).
+    if (ec == net::error::operation_aborted || ec == http::error::end_of_stream || ec == net::error::eof ||
         ec == net::error::connection_reset || ec == http::error::partial_message)
       break;
     if (ec) {
-      co_await reject(stream, config.timeouts.idle, 400, "UNSUPPORTED", "malformed HTTP request");
+      co_await reject(socket, deadline, config.timeouts.idle, 400, "UNSUPPORTED", "malformed HTTP request");
       break;
     }
 
@@ -190,17 +191,19 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
     if (broken || !client.keep_alive()) break;
   }
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-  stream.socket().close(ignored);
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
+  socket.close(ignored);
 }
 
 void Server::Worker::drain() {
   draining = true;
   beast::error_code ignored;
   acceptor.close(ignored);
-  // Busy connections finish their request and then close; idle ones close now.
-  for (auto& [stream, idle] : open)
-    if (idle) stream->socket().cancel(ignored);
+  // Busy connections finish their request and then close; idle ones close now, pooled upstream
+  // connections too (their deadline timers would otherwise keep the worker running).
+  for (auto& [socket, idle] : open)
+    if (idle) socket->cancel(ignored);
+  upstreams.shutdown();
 }
 
 Server::Server(const Config& config, Metrics& metrics, Variants* variants) : config_(config), metrics_(metrics) {

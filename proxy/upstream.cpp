@@ -1,6 +1,7 @@
 #include "proxy/upstream.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
@@ -17,6 +18,8 @@
 #include <chrono>
 #include <cstring>
 #include <variant>
+
+#include "proxy/deadline.hpp"
 
 namespace accel {
 
@@ -62,10 +65,11 @@ std::optional<ResolvedUrl> resolve_url(std::string_view location, const Endpoint
 
 class UpstreamConnection {
  public:
-  using Plain = beast::tcp_stream;
-  using Secure = beast::ssl_stream<beast::tcp_stream>;
+  using Plain = tcp::socket;
+  using Secure = beast::ssl_stream<tcp::socket>;
 
   std::variant<Plain, Secure> stream;
+  Deadline deadline{lowest()};  // for each read and write; idle in the pool: none
   std::string key;
   int max_idle = 64;  // pooled connections kept for `key` (the upstream's setting, 64 for others)
   beast::flat_buffer buffer;
@@ -95,10 +99,14 @@ class UpstreamConnection {
     if (pipe_write >= 0) ::close(pipe_write);
   }
 
-  beast::tcp_stream& lowest() {
-    return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
+  tcp::socket& lowest() {
+    return std::visit([](auto& s) -> tcp::socket& { return beast::get_lowest_layer(s); }, stream);
   }
-  void arm_timer() { lowest().expires_after(read_timeout); }
+  void arm_timer() { deadline.expires_after(read_timeout); }
+  // An operation cancelled by the deadline reports a timeout.
+  error_code why(error_code ec) const {
+    return ec == net::error::operation_aborted && deadline.expired() ? error_code(beast::error::timeout) : ec;
+  }
 };
 
 // --- Response ---------------------------------------------------------------------------------
@@ -138,7 +146,7 @@ net::awaitable<void> UpstreamResponse::read_header() {
   c.arm_timer();
   auto [ec, n] = co_await std::visit(
       [&](auto& s) { return http::async_read_header(s, c.buffer, *c.parser, use_tuple); }, c.stream);
-  if (ec) throw boost::system::system_error(ec);
+  if (ec) throw boost::system::system_error(c.why(ec));
   c.keep_alive = c.parser->keep_alive();
   unsigned status = c.parser->get().result_int();
   if (c.parser->is_done() || head_request_ || status == 204 || status == 304 || status / 100 == 1) {
@@ -178,7 +186,7 @@ net::awaitable<size_t> UpstreamResponse::read_some(net::mutable_buffer buffer) {
           [&](auto& s) { return s.async_read_some(net::buffer(buffer.data(), want), use_tuple); }, c.stream);
       if (ec || n == 0) {
         c.keep_alive = false;
-        throw UpstreamError(ec == beast::error::timeout ? "upstream stalled while sending the body"
+        throw UpstreamError(c.why(ec) == beast::error::timeout ? "upstream stalled while sending the body"
                                                         : "upstream closed the connection before the end of the body");
       }
       got = n;
@@ -205,7 +213,7 @@ net::awaitable<size_t> UpstreamResponse::read_some(net::mutable_buffer buffer) {
     }
     if (ec) {
       c.keep_alive = false;
-      throw UpstreamError("upstream body ended early: " + ec.message());
+      throw UpstreamError("upstream body ended early: " + c.why(ec).message());
     }
     if (got > 0) co_return got;
   }
@@ -242,7 +250,7 @@ net::awaitable<bool> wait_ready(tcp::socket& socket, tcp::socket::wait_type type
   co_return true;
 }
 
-net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration timeout, uint64_t& moved) {
+net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration write_timeout, uint64_t& moved) {
   auto& c = *connection_;
   auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
   if (!plain || !c.raw_body || c.done) co_return false;
@@ -261,7 +269,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
     c.remaining -= n;
     moved += n;
   }
-  tcp::socket& in = plain->socket();
+  tcp::socket& in = *plain;
+  c.deadline.expires_never();  // the waits below keep their own timeout
   if (!in.non_blocking()) in.non_blocking(true);  // each call is an ioctl
   if (!out.non_blocking()) out.non_blocking(true);
   size_t in_pipe = 0;
@@ -277,8 +286,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
         c.keep_alive = false;
         throw UpstreamError("upstream closed the connection before the end of the body");
       } else if (errno == EAGAIN && in_pipe == 0) {
-        if (!co_await wait_ready(in, tcp::socket::wait_read, timeout))
-          throw UpstreamError("transfer stalled past the read timeout");
+        if (!co_await wait_ready(in, tcp::socket::wait_read, c.read_timeout))
+          throw UpstreamError("upstream stalled while sending the body");
         continue;
       } else if (errno != EAGAIN && errno != EINTR) {
         c.keep_alive = false;
@@ -291,8 +300,8 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration time
         in_pipe -= static_cast<size_t>(n);
         moved += static_cast<uint64_t>(n);
       } else if (n < 0 && errno == EAGAIN) {
-        if (!co_await wait_ready(out, tcp::socket::wait_write, timeout))
-          throw UpstreamError("transfer stalled past the read timeout");
+        if (!co_await wait_ready(out, tcp::socket::wait_write, write_timeout))
+          throw UpstreamError("client stopped taking the body past the write timeout");
       } else if (n == 0 || errno != EINTR) {
         c.keep_alive = false;
         throw UpstreamError("client connection failed during the transfer");
@@ -340,10 +349,10 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(cons
   c->key = endpoint.key();
   if (endpoint.settings && endpoint_of(*endpoint.settings).key() == c->key) c->max_idle = endpoint.settings->max_idle_connections;
   c->read_timeout = config_.timeouts.upstream_read;
-  c->lowest().expires_after(config_.timeouts.upstream_connect);
-  auto [cec, ep] = co_await c->lowest().async_connect(results, use_tuple);
-  if (cec) throw UpstreamError("cannot connect to " + endpoint.key() + ": " + cec.message());
-  c->lowest().socket().set_option(tcp::no_delay(true));
+  c->deadline.expires_after(config_.timeouts.upstream_connect);  // for the TLS handshake too
+  auto [cec, ep] = co_await net::async_connect(c->lowest(), results, use_tuple);
+  if (cec) throw UpstreamError("cannot connect to " + endpoint.key() + ": " + c->why(cec).message());
+  c->lowest().set_option(tcp::no_delay(true));
 
   if (auto* secure = std::get_if<UpstreamConnection::Secure>(&c->stream)) {
     if (!SSL_set_tlsext_host_name(secure->native_handle(), endpoint.host.c_str()))
@@ -351,7 +360,7 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(cons
     if (!(endpoint.settings && endpoint.settings->insecure_skip_verify))
       secure->set_verify_callback(ssl::host_name_verification(endpoint.host));
     auto [hec] = co_await secure->async_handshake(ssl::stream_base::client, use_tuple);
-    if (hec) throw UpstreamError("TLS handshake with " + endpoint.key() + " failed: " + hec.message());
+    if (hec) throw UpstreamError("TLS handshake with " + endpoint.key() + " failed: " + c->why(hec).message());
   }
   co_return c;
 }
@@ -369,7 +378,7 @@ void UpstreamClient::release(std::unique_ptr<UpstreamConnection> connection) {
   connection->raw_body = false;
   connection->done = false;
   connection->reused = true;
-  connection->lowest().expires_never();
+  connection->deadline.expires_never();
   idle.push_back(std::move(connection));
 }
 
@@ -397,7 +406,7 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const End
     c->arm_timer();
     auto [wec, wn] = co_await std::visit(
         [&](auto& s) { return net::async_write(s, net::buffer(wire), use_tuple); }, c->stream);
-    error_code failure = wec;
+    error_code failure = c->why(wec);
     std::unique_ptr<UpstreamResponse> response;
     if (!failure) {
       response = std::make_unique<UpstreamResponse>(*this, std::move(c), head);

@@ -91,8 +91,9 @@ class UpstreamResponse {
   // Moves the rest of the body to `out` with splice(2), without copying it through user space.
   // Only for a plain-TCP upstream and a Content-Length body: returns false, having moved
   // nothing, otherwise. Counts the bytes moved in `moved` (also when it throws, on a short body,
-  // an error or a stall).
-  net::awaitable<bool> splice_to(net::ip::tcp::socket& out, Duration timeout, uint64_t& moved);
+  // an error or a stall). The upstream gets its read timeout to send more, `out` gets
+  // `write_timeout` to take more.
+  net::awaitable<bool> splice_to(net::ip::tcp::socket& out, Duration write_timeout, uint64_t& moved);
   // Reads and drops `count` body bytes.
   net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
 
@@ -125,8 +126,9 @@ class UpstreamClient {
   net::awaitable<Fetched> fetch(Endpoint endpoint, http::request<http::string_body> request,
                                 const std::function<void(double)>& on_answer = {});
 
-  // Closes the pooled connections and stops pooling: call before the io_context goes away, so
-  // no socket outlives the services it is registered with.
+  // Closes the pooled connections and stops pooling: call when draining (a pooled connection's
+  // deadline timer would keep the worker's io_context running) and before the io_context goes
+  // away, so no socket outlives the services it is registered with.
   void shutdown();
 
  private:

@@ -214,3 +214,65 @@ def test_upstream_dies_mid_stream(proxy_factory, dying_upstream, path, promised)
     finally:
         conn.close()
     assert_healthy(p)
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/stall/y/blobs/sha256:" + "1" * 64,  # large: the splice path waits with its own timer
+    "/v2/stall/y/blobs/" + SMALL_DIGEST,  # small: copied, under the connection's deadline
+    "/v2/stall/y/manifests/latest",
+], ids=["large-blob", "small-blob", "manifest"])
+def test_upstream_stalls_mid_stream(proxy_factory, dying_upstream, path):
+    """An upstream that goes quiet mid-body (open, sending nothing) is given up on after the
+    upstream read timeout: the client's transfer breaks, it is not left hanging."""
+    p = proxy_factory([upstream("dying", dying_upstream.url)], timeouts={"upstream_read": "1s"})
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=15)
+    start = time.monotonic()
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        if resp.status == 200:
+            with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+                body = resp.read()
+                pytest.fail(f"client got a complete {len(body)}-byte body")
+        else:
+            # A manifest is read whole before it is answered: then a 502, before any byte.
+            assert resp.status == 502 and "/manifests/" in path
+    finally:
+        conn.close()
+    elapsed = time.monotonic() - start
+    assert 0.8 < elapsed < 8, f"gave up after {elapsed:.1f}s with a 1s upstream read timeout"
+    assert_healthy(p)
+
+
+def test_upstream_silent_before_answering(proxy_factory, dying_upstream):
+    """An upstream that takes the request and never answers gets the client a 502 OCI error
+    after the upstream read timeout."""
+    p = proxy_factory([upstream("dying", dying_upstream.url)], timeouts={"upstream_read": "1s"})
+    start = time.monotonic()
+    resp = send(p, "GET", "/v2/stall/silent/manifests/latest")
+    elapsed = time.monotonic() - start
+    assert_oci_error(resp.status, resp.body, {502})
+    assert 0.8 < elapsed < 8, f"answered after {elapsed:.1f}s with a 1s upstream read timeout"
+    assert_healthy(p)
+
+
+def test_client_that_stops_reading_is_cut_off(proxy_factory, open_registry, pushed_images):
+    """A client that asks for a 64 MiB blob and stops reading is dropped after the idle
+    (write) timeout, and the proxy's books show the connection gone."""
+    proxy = proxy_factory([upstream("main", open_registry.url)], timeouts={"idle": "1s"})
+    path = f"/v2/{pushed_images.big_repo}/blobs/{pushed_images.big_digest}"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(3)  # the proxy's writes block for longer than its 1 s timeout
+        got = 0
+        try:
+            while chunk := sock.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert got < len(pushed_images.big_data), f"a stalled client still got all {got} bytes"
+    open_now = prom.total(prom.parse(requests.get(proxy.url + "/metrics", timeout=10).text),
+                          "accel_proxy_open_connections")
+    assert open_now <= 1, f"{open_now} connections still open"
+    assert_healthy(proxy)
