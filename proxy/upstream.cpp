@@ -1,7 +1,6 @@
 #include "proxy/upstream.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
@@ -349,8 +348,17 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamClient::connect(cons
   c->key = endpoint.key();
   if (endpoint.settings && endpoint_of(*endpoint.settings).key() == c->key) c->max_idle = endpoint.settings->max_idle_connections;
   c->read_timeout = config_.timeouts.upstream_read;
-  c->deadline.expires_after(config_.timeouts.upstream_connect);  // for the TLS handshake too
-  auto [cec, ep] = co_await net::async_connect(c->lowest(), results, use_tuple);
+  // One deadline for all the addresses and the TLS handshake. The addresses are tried here
+  // rather than by net::async_connect, which would go on to the next one after a timeout
+  // (the deadline cancels; it does not close).
+  c->deadline.expires_after(config_.timeouts.upstream_connect);
+  error_code cec = net::error::host_not_found;
+  for (const auto& entry : results) {
+    error_code ignored;
+    c->lowest().close(ignored);
+    std::tie(cec) = co_await c->lowest().async_connect(entry.endpoint(), use_tuple);
+    if (!cec || c->deadline.expired()) break;
+  }
   if (cec) throw UpstreamError("cannot connect to " + endpoint.key() + ": " + c->why(cec).message());
   c->lowest().set_option(tcp::no_delay(true));
 

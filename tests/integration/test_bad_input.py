@@ -11,7 +11,7 @@ import images
 import prom
 import rawhttp
 from checks import assert_healthy, assert_oci_error
-from dying_upstream import DyingUpstream, PROMISED, SMALL_DIGEST, SMALL_PROMISED
+from dying_upstream import DyingUpstream, SMALL_DIGEST
 from proxy import upstream
 
 NAME_ERRORS = {"NAME_INVALID", "NAME_UNKNOWN"}
@@ -192,14 +192,9 @@ def dying_upstream():
     fake.stop()
 
 
-@pytest.mark.parametrize("path,promised", [
-    ("/v2/x/y/blobs/sha256:" + "1" * 64, PROMISED),  # large: the splice path
-    ("/v2/x/y/blobs/" + SMALL_DIGEST, SMALL_PROMISED),  # small: copied
-    ("/v2/x/y/manifests/latest", SMALL_PROMISED),
-], ids=["large-blob", "small-blob", "manifest"])
-def test_upstream_dies_mid_stream(proxy_factory, dying_upstream, path, promised):
-    p = proxy_factory([upstream("dying", dying_upstream.url)])
-    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)
+def get_broken_transfer(port, path, timeout):
+    """GETs `path` and returns the status; a 200 must end in an incomplete body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -207,12 +202,22 @@ def test_upstream_dies_mid_stream(proxy_factory, dying_upstream, path, promised)
             # http.client raises IncompleteRead when a Content-Length or chunked body ends early.
             with pytest.raises((http.client.IncompleteRead, ConnectionError)):
                 body = resp.read()
-                pytest.fail(f"client got a complete {len(body)}-byte body (promised {promised})")
-        else:
-            # Refusing before any byte was sent is also honest: an error, not a short blob.
-            assert resp.status >= 500
+                pytest.fail(f"client got a complete {len(body)}-byte body")
+        return resp.status
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/x/y/blobs/sha256:" + "1" * 64,  # large: the splice path
+    "/v2/x/y/blobs/" + SMALL_DIGEST,  # small: copied
+    "/v2/x/y/manifests/latest",
+], ids=["large-blob", "small-blob", "manifest"])
+def test_upstream_dies_mid_stream(proxy_factory, dying_upstream, path):
+    p = proxy_factory([upstream("dying", dying_upstream.url)])
+    status = get_broken_transfer(p.port, path, timeout=30)
+    # Refusing before any byte was sent is also honest: an error, not a short blob.
+    assert status == 200 or status >= 500
     assert_healthy(p)
 
 
@@ -225,21 +230,11 @@ def test_upstream_stalls_mid_stream(proxy_factory, dying_upstream, path):
     """An upstream that goes quiet mid-body (open, sending nothing) is given up on after the
     upstream read timeout: the client's transfer breaks, it is not left hanging."""
     p = proxy_factory([upstream("dying", dying_upstream.url)], timeouts={"upstream_read": "1s"})
-    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=15)
     start = time.monotonic()
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        if resp.status == 200:
-            with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-                body = resp.read()
-                pytest.fail(f"client got a complete {len(body)}-byte body")
-        else:
-            # A manifest is read whole before it is answered: then a 502, before any byte.
-            assert resp.status == 502 and "/manifests/" in path
-    finally:
-        conn.close()
+    status = get_broken_transfer(p.port, path, timeout=15)
     elapsed = time.monotonic() - start
+    # A manifest is read whole before it is answered: then a 502, before any byte.
+    assert status == 200 or (status == 502 and "/manifests/" in path)
     assert 0.8 < elapsed < 8, f"gave up after {elapsed:.1f}s with a 1s upstream read timeout"
     assert_healthy(p)
 
@@ -276,3 +271,32 @@ def test_client_that_stops_reading_is_cut_off(proxy_factory, open_registry, push
                           "accel_proxy_open_connections")
     assert open_now <= 1, f"{open_now} connections still open"
     assert_healthy(proxy)
+
+
+def test_upstream_that_never_accepts_times_out(proxy_factory):
+    """An upstream whose accept queue is full drops the proxy's SYNs: the connection attempt
+    hangs. The proxy gives up after its connect timeout and answers 502."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        # Fill the accept queue (never accepted): further SYNs are dropped, connects hang.
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(listener.getsockname())
+            fillers.append(s)
+        time.sleep(0.2)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        p = proxy_factory([upstream("stuck", url)], timeouts={"upstream_connect": "1s"})
+        start = time.monotonic()
+        resp = send(p, "GET", "/v2/x/y/manifests/latest")
+        elapsed = time.monotonic() - start
+        assert_oci_error(resp.status, resp.body, {502})
+        assert 0.8 < elapsed < 8, f"answered after {elapsed:.1f}s with a 1s connect timeout"
+        assert_healthy(p)
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
