@@ -56,18 +56,19 @@ net::awaitable<void> ClientConnection::write_head(const ResponseHead& head) {
   // may be left out (RFC 9110 §8.6), so it is. None of them has a body.
   const bool length_forbidden = head.status == 204 || head.status == 304 || head.status / 100 == 1;
   const bool bodyless = head_request_ || length_forbidden;
+  // Appended in place into a buffer kept across requests: no temporaries on this per-request path.
   std::string& out = pending_head_;
-  out = "HTTP/1.1 " + std::to_string(head.status) + " ";
+  char number[24];
+  out.assign("HTTP/1.1 ");
+  out.append(number, std::to_chars(number, number + sizeof number, head.status).ptr);
+  out += ' ';
   out += http::obsolete_reason(static_cast<http::status>(head.status));
   out += "\r\n";
-  for (const auto& [k, v] : head.fields) {
-    out += k;
-    out += ": ";
-    out += v;
-    out += "\r\n";
-  }
+  for (const auto& [k, v] : head.fields) out.append(k).append(": ").append(v).append("\r\n");
   if (head.content_length && !length_forbidden) {
-    out += "Content-Length: " + std::to_string(*head.content_length) + "\r\n";
+    out += "Content-Length: ";
+    out.append(number, std::to_chars(number, number + sizeof number, *head.content_length).ptr);
+    out += "\r\n";
   } else if (!bodyless && !http10_) {
     out += "Transfer-Encoding: chunked\r\n";
     chunked_ = true;
@@ -445,7 +446,10 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
     }
   }
 
-  Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, out);
+  // serve_ranges may have to ask again with the same request; otherwise it is sent, not copied.
+  std::optional<Request> origin_request;
+  if (route.kind == RouteKind::blob && range.kind == RangeHeader::Kind::ranges) origin_request = out;
+  Fetched fetched = co_await fetch(ctx, upstream.name, endpoint, std::move(out));
   UpstreamResponse& response = *fetched.response;
   const unsigned status = response.status();
   // As the upstream sent it: a 401's token realm is rewritten where it leaves (send_shared, relay).
@@ -495,7 +499,7 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
     case RouteKind::blob:
       if (status == 200 || status == 206) head.set("Accept-Ranges", "bytes");
       if (range.kind == RangeHeader::Kind::ranges && status == 200 && !head_request && response.content_length()) {
-        co_await serve_ranges(ctx, upstream.name, endpoint, out, std::move(fetched), range, client);
+        co_await serve_ranges(ctx, upstream.name, endpoint, *origin_request, std::move(fetched), range, client);
         co_return;
       }
       break;
