@@ -32,6 +32,7 @@ TEST_CASE("metrics render in the Prometheus text format") {
 
 TEST_CASE("label values are escaped") {
   CHECK(format_labels({{"a", "x\"y\\z\nw"}}) == "a=\"x\\\"y\\\\z\\nw\"");
+  CHECK(format_labels({{"a", "\"\n"}, {"b", ""}, {"c", "plain"}}) == "a=\"\\\"\\n\",b=\"\",c=\"plain\"");
 }
 
 TEST_CASE("samples recorded from several threads land in their own series") {
