@@ -239,16 +239,22 @@ def test_upstream_stalls_mid_stream(proxy_factory, dying_upstream, path):
     assert_healthy(p)
 
 
+def assert_502_after_a_second(proxy, path):
+    """GET `path` through a proxy whose upstream timeout (1 s) will pass: a 502 OCI error, not
+    before the timeout and not long after it."""
+    start = time.monotonic()
+    resp = send(proxy, "GET", path)
+    elapsed = time.monotonic() - start
+    assert_oci_error(resp.status, resp.body, {502})
+    assert 0.8 < elapsed < 8, f"answered after {elapsed:.1f}s with a 1s upstream timeout"
+    assert_healthy(proxy)
+
+
 def test_upstream_silent_before_answering(proxy_factory, dying_upstream):
     """An upstream that takes the request and never answers gets the client a 502 OCI error
     after the upstream read timeout."""
     p = proxy_factory([upstream("dying", dying_upstream.url)], timeouts={"upstream_read": "1s"})
-    start = time.monotonic()
-    resp = send(p, "GET", "/v2/stall/silent/manifests/latest")
-    elapsed = time.monotonic() - start
-    assert_oci_error(resp.status, resp.body, {502})
-    assert 0.8 < elapsed < 8, f"answered after {elapsed:.1f}s with a 1s upstream read timeout"
-    assert_healthy(p)
+    assert_502_after_a_second(p, "/v2/stall/silent/manifests/latest")
 
 
 def test_client_that_stops_reading_is_cut_off(proxy_factory, open_registry, pushed_images):
@@ -290,12 +296,7 @@ def test_upstream_that_never_accepts_times_out(proxy_factory):
         time.sleep(0.2)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         p = proxy_factory([upstream("stuck", url)], timeouts={"upstream_connect": "1s"})
-        start = time.monotonic()
-        resp = send(p, "GET", "/v2/x/y/manifests/latest")
-        elapsed = time.monotonic() - start
-        assert_oci_error(resp.status, resp.body, {502})
-        assert 0.8 < elapsed < 8, f"answered after {elapsed:.1f}s with a 1s connect timeout"
-        assert_healthy(p)
+        assert_502_after_a_second(p, "/v2/x/y/manifests/latest")
     finally:
         for s in fillers:
             s.close()
