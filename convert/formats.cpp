@@ -1,12 +1,14 @@
 #include "convert/formats.hpp"
 
 #include "convert/estargz.hpp"
+#include "convert/nydus.hpp"
 
 namespace accel::convert {
 
 std::vector<const LayerFormat*> all_formats() {
   static const EstargzFormat estargz;
-  return {&estargz};
+  static const NydusFormat nydus;
+  return {&estargz, &nydus};
 }
 
 const LayerFormat* find_format(std::string_view name) {

@@ -80,7 +80,39 @@ ManifestBytes manifest_bytes(const nlohmann::json& doc, const char* media_type) 
   return m;
 }
 
+// The image-level step reads the blobs it needs back from the target.
+class TargetBlobReader : public BlobReader {
+ public:
+  explicit TargetBlobReader(ImageTarget& target) : target_(target) {}
+  std::unique_ptr<ByteSource> open(const ConvertedLayer& blob, uint64_t offset) override {
+    return target_.read_blob({blob.media_type, blob.digest, blob.size}, offset);
+  }
+
+ private:
+  ImageTarget& target_;
+};
+
+// Reads and drops `count` bytes.
+void skip(ByteSource& source, uint64_t count) {
+  std::vector<char> buf(std::min<uint64_t>(count, 1 << 20));
+  while (count > 0) {
+    size_t n = source.read(buf.data(), std::min<uint64_t>(count, buf.size()));
+    if (n == 0) return;
+    count -= n;
+  }
+}
+
 }  // namespace
+
+std::unique_ptr<ByteSource> ImageSource::open_blob_at(const Descriptor& blob, uint64_t offset) {
+  auto source = open_blob(blob);
+  skip(*source, offset);
+  return source;
+}
+
+std::unique_ptr<ByteSource> ImageTarget::read_blob(const Descriptor& blob, uint64_t offset) {
+  throw ConvertError("this destination cannot read back blob " + blob.digest);
+}
 
 bool is_index(const std::string& media_type) {
   return media_type == media_type::oci_index || media_type == media_type::docker_list;
@@ -254,6 +286,7 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
     throw ConvertError("config rootfs.diff_ids does not list one diff_id per layer");
 
   nlohmann::json new_layers = nlohmann::json::array();
+  std::vector<ConvertedLayer> results;  // every layer as it now is, for the image-level step
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& layer = layers[i];
     const std::string media = layer.value("mediaType", "");
@@ -264,6 +297,11 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
       out_layer = layer;
       out_layer["mediaType"] = oci_layer_media_type(media);
       ++totals.layers_kept;
+      Descriptor kept = descriptor_of(layer);
+      ConvertedLayer r{kept.digest, kept.size, diff_ids[i].get<std::string>(), 0, out_layer["mediaType"], {}};
+      for (const auto& [k, v] : annotations.items())
+        if (v.is_string()) r.annotations[k] = v.get<std::string>();
+      results.push_back(std::move(r));
     } else {
       std::string new_diff_id;
       Descriptor d = convert_layer(source, layer, diff_ids[i].get<std::string>(), target, new_diff_id, annotations,
@@ -271,8 +309,31 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
       diff_ids[i] = new_diff_id;
       out_layer = {{"mediaType", d.media_type}, {"digest", d.digest}, {"size", d.size}};
       if (!annotations.empty()) out_layer["annotations"] = annotations;
+      ConvertedLayer r{d.digest, d.size, new_diff_id, 0, d.media_type, {}};
+      for (const auto& [k, v] : annotations.items())
+        if (v.is_string()) r.annotations[k] = v.get<std::string>();
+      results.push_back(std::move(r));
     }
     new_layers.push_back(std::move(out_layer));
+  }
+
+  // The format's image-level step may add a layer of its own (Nydus: the merged bootstrap).
+  TargetBlobReader blob_reader(target);
+  if (auto added = format_.finish_image(results, blob_reader, options_.layer)) {
+    const ConvertedLayer& a = added->layer;
+    Descriptor d{a.media_type, a.digest, a.size};
+    if (!target.has_blob(d.digest)) target.put_blob(d, added->path);
+    else target.reuse_blob(d);
+    ::unlink(added->path.c_str());  // when the target copied it
+    nlohmann::json out_layer = {{"mediaType", d.media_type}, {"digest", d.digest}, {"size", d.size}};
+    if (!a.annotations.empty()) out_layer["annotations"] = a.annotations;
+    new_layers.push_back(std::move(out_layer));
+    diff_ids.push_back(a.diff_id);
+    if (!added->history.is_null()) {
+      if (!config.contains("history") || !config["history"].is_array()) config["history"] = nlohmann::json::array();
+      config["history"].push_back(added->history);
+    }
+    totals.bytes_out += a.size;
   }
   config["rootfs"]["diff_ids"] = diff_ids;
 
@@ -296,6 +357,8 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
       {"layers", new_layers},
   };
   if (doc.contains("annotations")) manifest["annotations"] = doc["annotations"];
+  if (options_.subject)
+    manifest["subject"] = {{"mediaType", original.media_type}, {"digest", original.digest}, {"size", original.bytes.size()}};
   auto bytes = manifest_bytes(manifest, media_type::oci_manifest);
   target.put_manifest(bytes, "");
   if (options_.progress) options_.progress({"manifest-done", bytes.digest, 0, 0, 0, 0});

@@ -47,6 +47,9 @@ class ImageSource {
   virtual ManifestBytes get_manifest(const std::string& reference) = 0;
   // The raw blob bytes (the walk checks the digest itself).
   virtual std::unique_ptr<ByteSource> open_blob(const Descriptor& blob) = 0;
+  // The blob's bytes from `offset` on (checkers read a format's index at a blob's end). The
+  // default reads and drops the bytes before it; stores that can seek override it.
+  virtual std::unique_ptr<ByteSource> open_blob_at(const Descriptor& blob, uint64_t offset);
 };
 
 // Where an image is written to. Blobs arrive as finished files; manifests last, children first.
@@ -60,6 +63,9 @@ class ImageTarget {
   // A blob the image uses that the target already has (converted earlier, or shared with
   // another image): the target may record that this image needs it too.
   virtual void reuse_blob(const Descriptor& blob) {}
+  // A blob put or reused for this image, read back from `offset` on (a format's image-level
+  // step reads the layers it made). Throws ConvertError where the target cannot.
+  virtual std::unique_ptr<ByteSource> read_blob(const Descriptor& blob, uint64_t offset);
   // `tag` is empty for manifests referenced only by digest (children of an index).
   virtual void put_manifest(const ManifestBytes& manifest, const std::string& tag) = 0;
 };
@@ -90,7 +96,9 @@ struct ImageConvertOptions {
   std::string work_dir = "/tmp";  // for temporary blob files
   std::function<void(const ImageProgress&)> progress;
   LayerMemo* layer_memo = nullptr;  // optional
-  // Tags the variant of an index's children are annotated with, etc. Kept minimal for now.
+  // Every converted manifest names its source manifest as `subject` (OCI 1.1), so the
+  // Referrers API of the source lists it.
+  bool subject = true;
 };
 
 struct ImageConvertResult {

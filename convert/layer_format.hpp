@@ -1,10 +1,13 @@
 // The plug-in interface every accelerated format implements. The image walk (image.hpp) owns
-// manifests, configs and indexes; a format only ever sees one layer at a time (plus, for formats
-// that need it, an image-level hook after all layers: see docs/ARCHITECTURE.md).
+// manifests, configs and indexes; a format sees one layer at a time, and, when it needs a view
+// of the whole image (Nydus: one bootstrap merged from every layer), an image-level step after
+// the last layer that may add a layer of its own (see docs/ARCHITECTURE.md).
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,6 +25,11 @@ struct LayerOptions {
   std::vector<std::string> prioritized_files;  // eStargz: paths to place first (prefetch)
   uint64_t max_uncompressed_bytes = uint64_t{64} << 30;  // a layer expanding past this is refused
   std::string work_dir = "/tmp";  // for spool files (eStargz with prioritized files)
+  struct Nydus {
+    uint32_t chunk_size = 1 << 20;    // bytes per chunk of file content (a power of two)
+    std::string compressor = "zstd";  // "zstd", "lz4_block" or "none"
+    int level = 3;                    // zstd's level
+  } nydus;
 };
 
 struct ConvertedLayer {
@@ -31,6 +39,20 @@ struct ConvertedLayer {
   uint64_t uncompressed_size = 0;
   std::string media_type;
   std::map<std::string, std::string> annotations;
+};
+
+// A layer the image-level step adds to the manifest (after the converted layers).
+struct AddedLayer {
+  ConvertedLayer layer;
+  std::string path;             // a file holding exactly the layer's bytes; the walk hands it on
+  nlohmann::json history;       // an entry for the config's history (null: none)
+};
+
+// Reads back a blob the walk has written for this image (a converted layer), from `offset` on.
+class BlobReader {
+ public:
+  virtual ~BlobReader() = default;
+  virtual std::unique_ptr<ByteSource> open(const ConvertedLayer& blob, uint64_t offset) = 0;
 };
 
 class LayerFormat {
@@ -43,6 +65,14 @@ class LayerFormat {
   // Converts one layer. `tar` yields the source layer's uncompressed tar; the new blob goes to
   // `out`. Throws ConvertError on malformed input.
   virtual ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const = 0;
+
+  // The image-level step, called once per image manifest after its last layer with every
+  // layer in manifest order (converted, reused or kept as it was). Formats whose layers stand
+  // alone (eStargz) keep the default: nothing is added.
+  virtual std::optional<AddedLayer> finish_image(const std::vector<ConvertedLayer>& layers, BlobReader& blobs,
+                                                 const LayerOptions& options) const {
+    return std::nullopt;
+  }
 };
 
 }  // namespace accel::convert

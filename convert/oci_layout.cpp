@@ -107,6 +107,10 @@ std::unique_ptr<ByteSource> OciLayout::open_blob(const Descriptor& blob) {
   return std::make_unique<FileSource>(blob_path(blob.digest));
 }
 
+std::unique_ptr<ByteSource> OciLayout::open_blob_at(const Descriptor& blob, uint64_t offset) {
+  return std::make_unique<FileSource>(blob_path(blob.digest), offset);
+}
+
 bool OciLayout::has_blob(const std::string& digest) {
   struct stat st {};
   return ::stat(blob_path(digest).c_str(), &st) == 0;

@@ -16,6 +16,10 @@ class OciLayout : public ImageSource, public ImageTarget {
 
   ManifestBytes get_manifest(const std::string& reference) override;
   std::unique_ptr<ByteSource> open_blob(const Descriptor& blob) override;
+  std::unique_ptr<ByteSource> open_blob_at(const Descriptor& blob, uint64_t offset) override;
+  std::unique_ptr<ByteSource> read_blob(const Descriptor& blob, uint64_t offset) override {
+    return open_blob_at(blob, offset);
+  }
   bool has_blob(const std::string& digest) override;
   void put_blob(const Descriptor& blob, const std::string& path) override;
   void put_manifest(const ManifestBytes& manifest, const std::string& tag) override;

@@ -22,10 +22,14 @@ const char* compression_name(Compression c) {
 
 // --- files ------------------------------------------------------------------------------------
 
-FileSource::FileSource(const std::string& path) : path_(path) {
+FileSource::FileSource(const std::string& path, uint64_t offset) : path_(path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw ConvertError("cannot open " + path + ": " + std::strerror(errno));
   ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);
+  if (offset > 0 && ::lseek(fd_, static_cast<off_t>(offset), SEEK_SET) < 0) {
+    ::close(fd_);
+    throw ConvertError("cannot seek in " + path + ": " + std::strerror(errno));
+  }
 }
 
 FileSource::~FileSource() {

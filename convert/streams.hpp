@@ -20,7 +20,8 @@ const char* compression_name(Compression c);
 
 class FileSource : public ByteSource {
  public:
-  explicit FileSource(const std::string& path);
+  // Reads from `offset` on (past the end: nothing).
+  explicit FileSource(const std::string& path, uint64_t offset = 0);
   ~FileSource() override;
   size_t read(void* out, size_t size) override;
 

@@ -81,7 +81,7 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
 void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   check_keys(v, "variants", {"enabled", "suffixes", "header", "on_miss", "wait", "wait_limit", "workers", "queue",
                              "authorization_ttl", "tag_ttl", "retry_backoff", "cache_max_bytes", "compression_level",
-                             "threads"});
+                             "threads", "nydus", "prefetch"});
   if (v["enabled"]) out.enabled = scalar<bool>(v["enabled"], "variants.enabled");
   if (auto s = v["suffixes"]) {
     if (!s.IsMap()) fail("variants.suffixes: expected a mapping of format to tag suffix");
@@ -106,6 +106,36 @@ void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   if (v["compression_level"]) out.compression_level = scalar<int>(v["compression_level"], "variants.compression_level");
   if (v["threads"]) out.threads = scalar<unsigned>(v["threads"], "variants.threads");
   if (out.workers < 1 || out.queue < 0) fail("variants.workers must be at least 1 and variants.queue not negative");
+  if (auto n = v["nydus"]) {
+    check_keys(n, "variants.nydus", {"chunk_size", "compressor", "compression_level"});
+    if (n["chunk_size"]) out.nydus.chunk_size = scalar<uint32_t>(n["chunk_size"], "variants.nydus.chunk_size");
+    if (n["compressor"]) out.nydus.compressor = scalar<std::string>(n["compressor"], "variants.nydus.compressor");
+    if (n["compression_level"])
+      out.nydus.compression_level = scalar<int>(n["compression_level"], "variants.nydus.compression_level");
+    const uint32_t size = out.nydus.chunk_size;
+    if (size < 4096 || size > (16u << 20) || (size & (size - 1)) != 0)
+      fail("variants.nydus.chunk_size must be a power of two from 4096 to 16777216");
+    if (out.nydus.compressor != "zstd" && out.nydus.compressor != "lz4_block" && out.nydus.compressor != "none")
+      fail("variants.nydus.compressor must be zstd, lz4_block or none");
+    if (out.nydus.compression_level < 1 || out.nydus.compression_level > 19)
+      fail("variants.nydus.compression_level must be 1 to 19");
+  }
+  if (auto rules = v["prefetch"]) {
+    if (!rules.IsSequence()) fail("variants.prefetch: expected a list");
+    for (size_t i = 0; i < rules.size(); ++i) {
+      std::string where = "variants.prefetch[" + std::to_string(i) + "]";
+      check_keys(rules[i], where, {"repositories", "files"});
+      PrefetchRule rule;
+      for (const auto& r : rules[i]["repositories"]) rule.repositories.push_back(scalar<std::string>(r, where + ".repositories"));
+      for (const auto& f : rules[i]["files"]) {
+        auto path = scalar<std::string>(f, where + ".files");
+        if (!path.starts_with("/")) fail(where + ".files: '" + path + "' is not an absolute path");
+        rule.files.push_back(std::move(path));
+      }
+      if (rule.repositories.empty() || rule.files.empty()) fail(where + ": needs repositories and files");
+      out.prefetch.push_back(std::move(rule));
+    }
+  }
 }
 
 void parse_webhooks(const YAML::Node& w, WebhooksConfig& out) {

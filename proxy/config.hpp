@@ -51,10 +51,24 @@ struct Limits {
   uint64_t max_body_bytes = 1024 * 1024;
 };
 
+// Paths an image loads first (eStargz: placed before the prefetch landmark; Nydus: the
+// bootstrap's prefetch table), for the repositories matching any of the globs.
+struct PrefetchRule {
+  std::vector<std::string> repositories;  // globs: * within a segment, ** across
+  std::vector<std::string> files;         // absolute paths in the image
+};
+
+// Nydus blob settings (docs/formats/nydus.md).
+struct NydusSettings {
+  uint32_t chunk_size = 1 << 20;
+  std::string compressor = "zstd";  // zstd, lz4_block or none
+  int compression_level = 3;        // zstd's level
+};
+
 // Serving accelerated variants: how clients ask, what a miss does, and the cache's size.
 struct VariantsConfig {
   bool enabled = true;
-  std::map<std::string, std::string> suffixes{{"estargz", "-estargz"}};  // format -> tag suffix
+  std::map<std::string, std::string> suffixes{{"estargz", "-estargz"}, {"nydus", "-nydus"}};  // format -> tag suffix
   std::string header = "X-Accel-Format";   // a mirror header naming the format for every tag
   enum class OnMiss { fallback, wait, reject } on_miss = OnMiss::fallback;
   Duration wait{std::chrono::seconds(30)};              // fallback: how long a pull waits
@@ -67,6 +81,8 @@ struct VariantsConfig {
   uint64_t cache_max_bytes = uint64_t{50} << 30;
   int compression_level = 6;
   unsigned threads = 0;  // compression threads per conversion, 0: one per core
+  NydusSettings nydus;
+  std::vector<PrefetchRule> prefetch;  // the first rule matching a repository applies
 };
 
 // Pre-conversion on push (Harbor webhooks, distribution notifications).

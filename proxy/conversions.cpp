@@ -7,6 +7,9 @@
 
 #include "convert/formats.hpp"
 #include "convert/image.hpp"
+#include "convert/sha256.hpp"
+#include "convert/streams.hpp"
+#include "proxy/webhooks.hpp"
 
 namespace accel {
 
@@ -48,6 +51,13 @@ class CacheTarget : public convert::ImageTarget {
     if (!cache_.blob(blob.digest)) cache_.adopt_blob(path, blob.digest, blob.size, blob.media_type);
     cache_.put_member(scope_, blob.digest, proof_);
     blobs_.push_back(blob.digest);
+  }
+
+  std::unique_ptr<convert::ByteSource> read_blob(const convert::Descriptor& blob, uint64_t offset) override {
+    // Pinned while it is opened; the open file then outlives an eviction (which unlinks it).
+    auto pin = cache_.pin(blob.digest);
+    if (!cache_.blob(blob.digest)) throw convert::ConvertError("blob " + blob.digest + " left the cache during the conversion");
+    return std::make_unique<convert::FileSource>(cache_.blob_path(blob.digest), offset);
   }
 
   void reuse_blob(const convert::Descriptor& blob) override {
@@ -205,12 +215,33 @@ Conversions::~Conversions() {
   for (auto& job : queue_) job->finish(ConversionJob::State::failed, "the proxy is shutting down");
 }
 
-std::string Conversions::options_key(const std::string& format) const {
-  return "chunk=" + std::to_string(convert::LayerOptions{}.chunk_size) +
-         ",level=" + std::to_string(config_.variants.compression_level);
+const std::vector<std::string>& Conversions::prefetch_files(const ConversionKey& key) const {
+  static const std::vector<std::string> none;
+  for (const auto& rule : config_.variants.prefetch)
+    for (const auto& pattern : rule.repositories)
+      if (repository_matches(pattern, key.repository)) return rule.files;
+  return none;
 }
 
-std::string Conversions::cache_key(const ConversionKey& key) const { return key.cache_key(options_key(key.format)); }
+std::string Conversions::options_key(const ConversionKey& key) const {
+  std::string options;
+  if (key.format == "nydus") {
+    const auto& n = config_.variants.nydus;
+    options = "chunk=" + std::to_string(n.chunk_size) + ",compressor=" + n.compressor +
+              ",level=" + std::to_string(n.compression_level);
+  } else {
+    options = "chunk=" + std::to_string(convert::LayerOptions{}.chunk_size) +
+              ",level=" + std::to_string(config_.variants.compression_level);
+  }
+  if (const auto& files = prefetch_files(key); !files.empty()) {
+    std::string list;
+    for (const auto& f : files) list += f + '\n';
+    options += ",prefetch=" + convert::Sha256::of(list).substr(7, 16);
+  }
+  return options;
+}
+
+std::string Conversions::cache_key(const ConversionKey& key) const { return key.cache_key(options_key(key)); }
 
 std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access) {
   const std::string cache_key = this->cache_key(key);
@@ -286,10 +317,14 @@ void Conversions::run(ConversionJob& job) {
     if (!format) throw convert::ConvertError("unknown format " + key.format);
     RegistryStore source(job.access_);
     CacheTarget target(cache_, key.scope(), source_proof("manifest", key.source_digest));
-    CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key.format));
+    CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key));
 
     convert::ImageConvertOptions options;
     options.layer.compression_level = config_.variants.compression_level;
+    options.layer.nydus.chunk_size = config_.variants.nydus.chunk_size;
+    options.layer.nydus.compressor = config_.variants.nydus.compressor;
+    options.layer.nydus.level = config_.variants.nydus.compression_level;
+    options.layer.prioritized_files = prefetch_files(key);
     options.layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
     options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
     options.layer.work_dir = options.work_dir;

@@ -93,7 +93,10 @@ class Conversions {
   void worker();
   void run(ConversionJob& job);
   // The options part of cache keys for `format` (chunk size, level...).
-  std::string options_key(const std::string& format) const;
+  // The options a conversion of `key` uses, as part of its cache key: other options, other blobs.
+  std::string options_key(const ConversionKey& key) const;
+  // The prefetch list the config gives the key's repository (empty: none).
+  const std::vector<std::string>& prefetch_files(const ConversionKey& key) const;
 
   const Config& config_;
   cache::Cache& cache_;

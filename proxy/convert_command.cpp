@@ -5,11 +5,15 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <unistd.h>
 
+#include "convert/estargz.hpp"
 #include "convert/formats.hpp"
+#include "convert/image_check.hpp"
+#include "convert/nydus.hpp"
 #include "convert/oci_layout.hpp"
 #include "convert/streams.hpp"
 #include "proxy/registry_store.hpp"
@@ -30,7 +34,7 @@ DST's tag defaults to SRC's. Source blobs are checked against their digests; on 
 nothing is tagged at DST.
 
 Options:
-  --format NAME              estargz
+  --format NAME              estargz or nydus
   --platform OS/ARCH[/VAR]   convert only this platform (repeatable); others are copied as they are
   --src-creds USER:PASS      credentials for SRC (default: from --authfile)
   --dest-creds USER:PASS     credentials for DST (default: from --authfile)
@@ -38,11 +42,15 @@ Options:
   --src-tls-verify=false     talk plain http to SRC's registry
   --dest-tls-verify=false    talk plain http to DST's registry
   --threads N                compression threads (default: one per core; output does not depend on it)
-  --chunk-size BYTES         eStargz chunk size (default 4194304)
-  --compression-level N      gzip level 1-12 (default 6)
+  --chunk-size BYTES         eStargz: bytes per chunk of a large file (default 4194304);
+                             Nydus: chunk size, a power of two from 4096 to 16 MiB (default 1048576)
+  --compression-level N      eStargz: gzip level 1-12 (default 6); Nydus: zstd level 1-19 (default 3)
+  --compressor NAME          Nydus: zstd (default), lz4_block or none
   --work-dir DIR             temporary files (default $TMPDIR or /tmp)
   --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
-  --prioritize FILE          eStargz: paths (one per line) to place first, before a .prefetch.landmark
+  --prioritize FILE          paths (one per line) loaded first: eStargz places them before a
+                             .prefetch.landmark, Nydus writes them to the bootstrap's prefetch table
+  --prefetch FILE            the same as --prioritize
   --json                     print a one-line JSON summary instead of text
 )";
 
@@ -50,8 +58,33 @@ constexpr const char* kConvertLayerUsage = R"(Usage: accel-proxy convert-layer -
 
 Converts one layer file (tar, tar+gzip or tar+zstd) into a blob file of FORMAT and prints its
 descriptor facts as JSON (digest, size, diff_id, uncompressed_size, media_type, annotations).
-Options: --threads N, --chunk-size BYTES, --compression-level N, --max-layer-bytes N,
-         --prioritize FILE (eStargz: paths to place first, one per line)
+Options: --threads N, --chunk-size BYTES, --compression-level N, --compressor NAME (Nydus),
+         --max-layer-bytes N, --prioritize FILE (eStargz: paths to place first, one per line)
+)";
+
+constexpr const char* kCheckUsage = R"(Usage: accel-proxy check IMAGE [options]
+
+Checks a Nydus (RAFS v6) or eStargz image the way its consumer does when it loads it, and
+says exactly what is wrong. IMAGE is docker://HOST/REPOSITORY[:TAG|@DIGEST] or oci:DIR[:TAG];
+for an index, every platform (or those given with --platform) is checked.
+  Nydus: the bootstrap's superblock and flags, the blob table against each blob's meta header,
+         the chunk-info array's size and offsets, every inode and every chunk address against
+         the chunk table, and every chunk's digest after decompression; each blob's bytes
+         against its id.
+  eStargz: the footer, the TOC against its digest annotation, every chunk's digest read from
+         its own offset, each layer's bytes against its digest.
+Exit status 0 when every check passes, 1 when any fails (each fault on its own line).
+
+Options:
+  --platform OS/ARCH[/VAR]   check only this platform of an index (repeatable)
+  --creds USER:PASS          registry credentials (default: from --authfile)
+  --authfile FILE            docker config.json
+  --tls-verify=false         talk plain http to the registry
+  --write-devices DIR        Nydus: write the merged bootstrap (DIR/image.boot) and each blob's
+                             uncompressed device image (DIR/<blob id>), so the image can be
+                             mounted with the kernel's EROFS driver:
+                               mount -t erofs -o ro,device=DIR/<id>,... DIR/image.boot MNT
+                             (one image manifest only)
 )";
 
 struct Location {
@@ -122,6 +155,12 @@ uint64_t parse_number(std::string_view flag, std::string_view value) {
   }
 }
 
+std::string known_formats() {
+  std::string names;
+  for (const auto* f : convert::all_formats()) names += (names.empty() ? "" : ", ") + std::string(f->name());
+  return names;
+}
+
 struct CommonOptions {
   const convert::LayerFormat* format = nullptr;
   convert::LayerOptions layer;
@@ -134,6 +173,7 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
   std::vector<std::string> positional;
   common.layer.threads = std::max(1u, std::thread::hardware_concurrency());
   common.layer.compression_level = 6;  // chosen by bench/convert: see docs/DECISIONS.md
+  std::optional<uint64_t> chunk_size, level;  // their meaning depends on the format
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a(args[i]), value;
     bool has_value = false;
@@ -150,17 +190,17 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
     if (a == "--format") {
       std::string name = take();
       common.format = convert::find_format(name);
-      if (!common.format) throw ConvertError("unknown format '" + name + "' (known: estargz)");
+      if (!common.format) throw ConvertError("unknown format '" + name + "' (known: " + known_formats() + ")");
     } else if (a == "--threads") {
       common.layer.threads = static_cast<unsigned>(std::max<uint64_t>(1, parse_number(a, take())));
     } else if (a == "--chunk-size") {
-      common.layer.chunk_size = parse_number(a, take());
-      if (common.layer.chunk_size == 0) throw ConvertError("--chunk-size must be positive");
+      chunk_size = parse_number(a, take());
+      if (*chunk_size == 0) throw ConvertError("--chunk-size must be positive");
     } else if (a == "--compression-level") {
-      common.layer.compression_level = static_cast<int>(parse_number(a, take()));
-      if (common.layer.compression_level < 1 || common.layer.compression_level > 12)
-        throw ConvertError("--compression-level must be 1 to 12");
-    } else if (a == "--prioritize") {
+      level = parse_number(a, take());
+    } else if (a == "--compressor") {
+      common.layer.nydus.compressor = take();
+    } else if (a == "--prioritize" || a == "--prefetch") {
       std::string path = take();
       std::ifstream list(path);
       if (!list) throw ConvertError("cannot read " + path);
@@ -180,7 +220,18 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
       positional.push_back(a);
     }
   }
-  if (!common.format) throw ConvertError("--format is required (estargz)");
+  if (!common.format) throw ConvertError("--format is required (" + known_formats() + ")");
+  const bool nydus = common.format->name() == "nydus";
+  if (chunk_size) {
+    if (nydus && *chunk_size > UINT32_MAX) throw ConvertError("--chunk-size is too large for Nydus");
+    if (nydus) common.layer.nydus.chunk_size = static_cast<uint32_t>(*chunk_size);
+    else common.layer.chunk_size = *chunk_size;
+  }
+  if (level) {
+    if (nydus && (*level < 1 || *level > 19)) throw ConvertError("--compression-level must be 1 to 19 (zstd)");
+    if (!nydus && (*level < 1 || *level > 12)) throw ConvertError("--compression-level must be 1 to 12");
+    (nydus ? common.layer.nydus.level : common.layer.compression_level) = static_cast<int>(*level);
+  }
   return positional;
 }
 
@@ -336,6 +387,113 @@ int run_convert_layer_command(const std::vector<std::string_view>& args) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "accel-proxy convert-layer: error: %s\n", e.what());
     return 1;
+  }
+}
+
+}  // namespace accel
+
+namespace accel {
+
+namespace {
+
+enum class ImageKind { nydus, estargz, other };
+
+ImageKind kind_of(const std::string& manifest_bytes) {
+  auto doc = nlohmann::json::parse(manifest_bytes, nullptr, false);
+  if (!doc.is_object() || !doc.contains("layers") || !doc["layers"].is_array() || doc["layers"].empty())
+    return ImageKind::other;
+  const auto& layers = doc["layers"];
+  auto last = layers.back().value("annotations", nlohmann::json::object());
+  if (last.is_object() && last.contains(std::string(convert::kNydusBootstrapAnnotation))) return ImageKind::nydus;
+  for (const auto& l : layers) {
+    auto a = l.value("annotations", nlohmann::json::object());
+    if (a.is_object() && a.contains(std::string(convert::kEstargzTocDigestAnnotation))) return ImageKind::estargz;
+  }
+  return ImageKind::other;
+}
+
+}  // namespace
+
+int run_check_command(const std::vector<std::string_view>& args) {
+  for (auto a : args)
+    if (a == "-h" || a == "--help") {
+      std::fputs(kCheckUsage, stdout);
+      return 0;
+    }
+  try {
+    std::vector<std::string> positional, platforms;
+    std::string creds, authfile, devices;
+    bool tls_verify = true;
+    for (size_t i = 0; i < args.size(); ++i) {
+      std::string a(args[i]), value;
+      bool has_value = false;
+      if (a.starts_with("--") && a.find('=') != std::string::npos) {
+        value = a.substr(a.find('=') + 1);
+        a = a.substr(0, a.find('='));
+        has_value = true;
+      }
+      auto take = [&]() -> std::string {
+        if (has_value) return value;
+        if (i + 1 >= args.size()) throw ConvertError(a + " needs a value");
+        return std::string(args[++i]);
+      };
+      if (a == "--platform") platforms.push_back(take());
+      else if (a == "--creds") creds = take();
+      else if (a == "--authfile") authfile = take();
+      else if (a == "--write-devices") devices = take();
+      else if (a == "--tls-verify") tls_verify = take() != "false";
+      else if (a.starts_with("--")) throw ConvertError("unknown option " + a);
+      else positional.push_back(a);
+    }
+    if (positional.size() != 1) throw ConvertError("expected one IMAGE (see accel-proxy check --help)");
+    Location where = parse_location(positional[0]);
+    if (where.tag_or_digest.empty()) where.tag_or_digest = "latest";
+    std::unique_ptr<convert::ImageSource> source;
+    if (where.oci) source = std::make_unique<convert::OciLayout>(where.dir, false);
+    else
+      source = std::make_unique<RegistryStore>(where.docker, credentials_for(creds, authfile, where.docker.host), tls_verify, false);
+
+    // The image manifests to check: the top one, or the selected children of an index.
+    auto top = source->get_manifest(where.tag_or_digest);
+    std::vector<std::pair<std::string, convert::ManifestBytes>> manifests;  // (platform, manifest)
+    if (convert::is_index(top.media_type)) {
+      auto index = convert::parse_manifest(top.bytes);
+      for (const auto& child : index.value("manifests", nlohmann::json::array())) {
+        auto p = child.value("platform", nlohmann::json::object());
+        std::string platform = p.is_object() ? p.value("os", "") + "/" + p.value("architecture", "") : "";
+        if (p.is_object() && !p.value("variant", "").empty()) platform += "/" + p.value("variant", "");
+        if (!platforms.empty() && std::find(platforms.begin(), platforms.end(), platform) == platforms.end()) continue;
+        if (child.value("annotations", nlohmann::json::object()).value("vnd.docker.reference.type", "") == "attestation-manifest")
+          continue;
+        manifests.emplace_back(platform, source->get_manifest(child.value("digest", "")));
+      }
+    } else {
+      manifests.emplace_back("", top);
+    }
+    if (manifests.empty()) throw ConvertError("no image manifest to check");
+    if (!devices.empty() && manifests.size() != 1)
+      throw ConvertError("--write-devices needs one image manifest (choose one with --platform)");
+
+    convert::CheckReport report;
+    convert::CheckOptions options;
+    options.write_devices_dir = devices;
+    for (const auto& [platform, manifest] : manifests) {
+      std::string label = platform.empty() ? "" : platform + " ";
+      switch (kind_of(manifest.bytes)) {
+        case ImageKind::nydus: convert::check_nydus_manifest(*source, manifest, options, report); break;
+        case ImageKind::estargz: convert::check_estargz_manifest(*source, manifest, options, report); break;
+        case ImageKind::other:
+          report.faults.push_back(label + "manifest " + manifest.digest.substr(0, 19) +
+                                  ": neither Nydus (no bootstrap layer) nor eStargz (no TOC digest annotation)");
+      }
+    }
+    for (const auto& line : report.passed) std::printf("ok     %s\n", line.c_str());
+    for (const auto& line : report.faults) std::printf("FAULT  %s\n", line.c_str());
+    std::printf("%s: %zu checks passed, %zu faults\n", positional[0].c_str(), report.passed.size(), report.faults.size());
+    return report.ok() ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "accel-proxy check: error: %s\n", e.what());
+    return 2;
   }
 }
 

@@ -23,6 +23,7 @@ Usage:
   accel-proxy serve [options]     run the proxy
   accel-proxy convert --format F SRC DST   convert an image (see convert --help)
   accel-proxy convert-layer --format F IN OUT   convert one layer file
+  accel-proxy check IMAGE         check a Nydus or eStargz image as its consumer would (see check --help)
   accel-proxy version             print the version
   accel-proxy --help              this text; `accel-proxy serve --help` for the options
 )";
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
     if (args[0] == "serve") return serve({args.begin() + 1, args.end()});
     if (args[0] == "convert") return accel::run_convert_command({args.begin() + 1, args.end()});
     if (args[0] == "convert-layer") return accel::run_convert_layer_command({args.begin() + 1, args.end()});
+    if (args[0] == "check") return accel::run_check_command({args.begin() + 1, args.end()});
     std::fprintf(stderr, "accel-proxy: unknown command '%.*s'\n%s", static_cast<int>(args[0].size()), args[0].data(), kUsage);
     return 2;
   } catch (const accel::ConfigError& e) {

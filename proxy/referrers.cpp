@@ -42,12 +42,17 @@ std::string add_referrers(std::string_view index_json, const std::vector<std::st
   auto doc = nlohmann::json::parse(index_json, nullptr, false);
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("manifests") || !doc["manifests"].is_array())
     doc = nlohmann::json::parse(empty_referrers_index());
+  // Ours go first, in the order given: nydus-snapshotter's referrer detection looks only at
+  // the first entry.
+  nlohmann::json manifests = nlohmann::json::array();
   for (const auto& d : descriptors_json) {
     auto desc = nlohmann::json::parse(d, nullptr, false);
     if (!desc.is_object()) continue;
     if (artifact_type && desc.value("artifactType", "") != *artifact_type) continue;
-    doc["manifests"].push_back(std::move(desc));
+    manifests.push_back(std::move(desc));
   }
+  for (auto& d : doc["manifests"]) manifests.push_back(std::move(d));
+  doc["manifests"] = std::move(manifests);
   return doc.dump();
 }
 

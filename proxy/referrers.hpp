@@ -27,8 +27,9 @@ std::optional<std::string> filter_referrers(std::string_view index_json,
 // "application/vnd.accel-proxy.variant.estargz").
 std::string variant_artifact_type(std::string_view format);
 
-// Appends descriptors (JSON objects with mediaType, digest, size, artifactType, annotations) to
-// an index's manifests, keeping the artifactType filter; the index is returned re-serialised.
+// Adds descriptors (JSON objects with mediaType, digest, size, artifactType, annotations) to
+// an index's manifests, before the ones it has, keeping the artifactType filter; the index is
+// returned re-serialised.
 std::string add_referrers(std::string_view index_json, const std::vector<std::string>& descriptors_json,
                           const std::optional<std::string>& artifact_type);
 

@@ -204,10 +204,19 @@ convert::ManifestBytes RegistryStore::get_manifest(const std::string& reference)
 }
 
 std::unique_ptr<convert::ByteSource> RegistryStore::open_blob(const convert::Descriptor& blob) {
+  return open_blob_at(blob, 0);
+}
+
+std::unique_ptr<convert::ByteSource> RegistryStore::open_blob_at(const convert::Descriptor& blob, uint64_t offset) {
   auto& m = *impl_;
+  if (offset > 0 && offset >= blob.size) return std::make_unique<convert::MemorySource>(std::string_view());
   auto response = m.run([&]() -> net::awaitable<std::unique_ptr<UpstreamResponse>> {
-    auto answer = co_await m.exchange(m.request(http::verb::get, "/v2/" + m.location.repository + "/blobs/" + blob.digest));
-    if (answer.response->status() != 200) {
+    Request r = m.request(http::verb::get, "/v2/" + m.location.repository + "/blobs/" + blob.digest);
+    if (offset > 0) r.set(http::field::range, "bytes=" + std::to_string(offset) + "-");
+    auto answer = co_await m.exchange(std::move(r));
+    // A registry that ignores Range answers 200 with the whole blob: the caller would read the
+    // wrong bytes, so only 206 will do for a range.
+    if (answer.response->status() != (offset > 0 ? 206 : 200)) {
       std::string body = co_await answer.response->read_all(64 * 1024);
       throw ConvertError("blob " + blob.digest + ": " + Impl::describe(*answer.response, body));
     }

@@ -42,6 +42,10 @@ class RegistryStore : public convert::ImageSource, public convert::ImageTarget {
 
   convert::ManifestBytes get_manifest(const std::string& reference) override;
   std::unique_ptr<convert::ByteSource> open_blob(const convert::Descriptor& blob) override;
+  std::unique_ptr<convert::ByteSource> open_blob_at(const convert::Descriptor& blob, uint64_t offset) override;
+  std::unique_ptr<convert::ByteSource> read_blob(const convert::Descriptor& blob, uint64_t offset) override {
+    return open_blob_at(blob, offset);
+  }
   bool has_blob(const std::string& digest) override;
   void put_blob(const convert::Descriptor& blob, const std::string& path) override;
   void put_manifest(const convert::ManifestBytes& manifest, const std::string& tag) override;

@@ -389,7 +389,10 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
                         {"artifactType", variant_artifact_type(format)},
                         {"annotations", {{"io.accel-proxy.variant.format", format},
                                          {"io.accel-proxy.variant.source", source_digest}}}};
-    out.push_back(d.dump());
+    // nydus-snapshotter's referrer detection reads only the first referrer listed: a Nydus
+    // variant goes first.
+    if (format == "nydus") out.insert(out.begin(), d.dump());
+    else out.push_back(d.dump());
   }
   return out;
 }

@@ -38,4 +38,12 @@ TEST_CASE("variants are added to a referrers index, respecting the artifactType 
   CHECK(merged["manifests"][0]["artifactType"] == "application/vnd.accel-proxy.variant.estargz");
   CHECK(json::parse(add_referrers(empty_referrers_index(), {variant}, std::string("other/type")))["manifests"].empty());
   CHECK(json::parse(add_referrers("garbage", {variant}, std::nullopt))["manifests"].size() == 1);
+  // Added descriptors come before the upstream's own (a signature here), in the order given.
+  std::string upstream_index = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"digest":"sha256:sig","artifactType":"application/vnd.dev.cosign"}]})";
+  std::string nydus = R"({"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:nydus","size":5,"artifactType":"application/vnd.accel-proxy.variant.nydus"})";
+  auto ordered = json::parse(add_referrers(upstream_index, {nydus, variant}, std::nullopt));
+  REQUIRE(ordered["manifests"].size() == 3);
+  CHECK(ordered["manifests"][0]["digest"] == "sha256:nydus");
+  CHECK(ordered["manifests"][1]["artifactType"] == "application/vnd.accel-proxy.variant.estargz");
+  CHECK(ordered["manifests"][2]["digest"] == "sha256:sig");
 }
