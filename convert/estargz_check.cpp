@@ -66,7 +66,8 @@ uint64_t consume(ByteSource& source, uint64_t count, Sha256* hash = nullptr, Sha
 
 bool is_sha256(const std::string& digest) {
   if (digest.size() != 71 || !digest.starts_with("sha256:")) return false;
-  return std::all_of(digest.begin() + 7, digest.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  return std::all_of(digest.begin() + 7, digest.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 // --- reading the blob ---------------------------------------------------------------------------
@@ -129,7 +130,10 @@ std::optional<uint64_t> parse_hex16(std::string_view s) {
   if (s.size() != 16) return std::nullopt;
   uint64_t v = 0;
   for (char c : s) {
-    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+    int d = -1;
+    if (c >= '0' && c <= '9') d = c - '0';
+    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;  // Go's ParseInt takes either case
     if (d < 0) return std::nullopt;
     v = v << 4 | static_cast<uint64_t>(d);
   }
@@ -206,7 +210,24 @@ struct Toc {
   size_t entries = 0;
   std::vector<RegularFile> files;  // non-empty regular files, in TOC order
   bool has_chunk_entries = false;
+  std::vector<std::string> dangling_links;  // "name -> target" of hardlinks whose target is missing
 };
+
+// A TOC name as readers look it up: no leading "/" or "./", no trailing "/", no "." parts.
+std::string clean_name(std::string_view name) {
+  std::string out;
+  size_t i = 0;
+  while (i <= name.size()) {
+    size_t slash = std::min(name.find('/', i), name.size());
+    std::string_view part = name.substr(i, slash - i);
+    if (!part.empty() && part != ".") {
+      if (!out.empty()) out += '/';
+      out += part;
+    }
+    i = slash + 1;
+  }
+  return out;
+}
 
 // A TOC field that must be a non-negative integer when present (Go's decoder refuses others).
 uint64_t u64_field(const nlohmann::json& entry, const char* key, size_t index) {
@@ -233,10 +254,14 @@ Toc parse_toc(const std::string& json) {
   const auto& entries = doc["entries"];
   toc.entries = entries.size();
   bool last_was_file = false;  // the latest non-chunk entry is a regular file with content
+  std::set<std::string> names;
+  std::vector<std::pair<std::string, std::string>> hardlinks;
   for (size_t i = 0; i < entries.size(); ++i) {
     const auto& e = entries[i];
     if (!e.is_object()) throw ConvertError("TOC entry " + std::to_string(i) + " is not an object");
     const std::string type = string_field(e, "type", i);
+    if (type != "chunk") names.insert(clean_name(string_field(e, "name", i)));
+    if (type == "hardlink") hardlinks.emplace_back(string_field(e, "name", i), string_field(e, "linkName", i));
     if (type != "chunk") {
       last_was_file = type == "reg" && u64_field(e, "size", i) > 0;
       if (!last_was_file) continue;
@@ -259,6 +284,9 @@ Toc parse_toc(const std::string& json) {
     p.digest = string_field(e, "chunkDigest", i);
     toc.files.back().pieces.push_back(std::move(p));
   }
+  // A reader resolves every hardlink when it mounts the layer, and refuses it if one dangles.
+  for (const auto& [name, target] : hardlinks)
+    if (!names.count(clean_name(target))) toc.dangling_links.push_back(name + " -> " + target);
   // A piece without chunkSize runs to the next piece of its file, or to the file's end.
   for (auto& file : toc.files) {
     for (size_t k = 0; k < file.pieces.size(); ++k) {
@@ -324,8 +352,8 @@ class LayerCheck {
         fault("decompressed bytes " + diff_id + " do not match the config's diff_id " + diff_id_);
       auto size = annotations_.find(std::string(kEstargzUncompressedSizeAnnotation));
       if (size != annotations_.end() && size->is_string() && *size != std::to_string(uncompressed.bytes()))
-        fault(std::string(kEstargzUncompressedSizeAnnotation) + " is " + size->get<std::string>() + " but the layer decompresses to " +
-              std::to_string(uncompressed.bytes()) + " bytes");
+        fault(std::string(kEstargzUncompressedSizeAnnotation) + " is " + size->get<std::string>() +
+              " but the layer decompresses to " + std::to_string(uncompressed.bytes()) + " bytes");
     } catch (const ConvertError& e) {
       fault(std::string("the layer does not decompress: ") + e.what());
       drain(compressed);
@@ -334,7 +362,8 @@ class LayerCheck {
     const std::string digest = compressed.digest();
     if (digest != layer_.digest) fault("layer bytes do not match digest (they hash to " + digest + ")");
     if (blob_size_ != layer_.size)
-      fault("the blob has " + std::to_string(blob_size_) + " bytes, the descriptor says " + std::to_string(layer_.size));
+      fault("the blob has " + std::to_string(blob_size_) + " bytes, the descriptor says " +
+            std::to_string(layer_.size));
   }
 
   // The last 51 bytes (or the legacy 47) name the TOC's offset.
@@ -345,9 +374,11 @@ class LayerCheck {
     tail.resize(read_full(*in, tail.data(), n));
     std::string why;
     auto footer = parse_estargz_footer(tail, why);
-    if (!footer && tail.size() >= kLegacyFooterSize) footer = parse_legacy_footer(std::string_view(tail).substr(tail.size() - kLegacyFooterSize));
+    if (!footer && tail.size() >= kLegacyFooterSize)
+      footer = parse_legacy_footer(std::string_view(tail).substr(tail.size() - kLegacyFooterSize));
     if (!footer) {
-      fault("footer is not an eStargz footer: " + why + " (last bytes " + hex_bytes(std::string_view(tail).substr(0, 16)) + "…)");
+      fault("footer is not an eStargz footer: " + why + " (it starts " +
+            hex_bytes(std::string_view(tail).substr(0, 16)) + "…)");
       return std::nullopt;
     }
     if (footer->toc_offset >= blob_size_ - footer->size) {
@@ -403,17 +434,19 @@ class LayerCheck {
     return s + "file offset " + std::to_string(p.file_offset) + ", " + std::to_string(p.length) + " bytes)";
   }
 
-  // What stargz-snapshotter's verifiers demand before any chunk is read: a digest for every
-  // payload, each (offset, inner offset) used once, payloads before the TOC; and pieces that
-  // cover each file exactly, or a read would return the wrong bytes.
+  // What stargz-snapshotter demands before any chunk is read: hardlink targets that exist, a
+  // digest for every payload, each (offset, inner offset) used once, payloads before the TOC;
+  // and pieces that cover each file exactly, or a read would return the wrong bytes.
   void check_toc_structure(Toc& toc, uint64_t toc_offset) {
+    for (const auto& link : toc.dangling_links) fault("hardlink " + link + ": the target is not in the TOC");
     std::set<std::pair<uint64_t, uint64_t>> seen;
     for (auto& file : toc.files) {
       uint64_t covered = 0;
       for (auto& p : file.pieces) {
         if (p.digest.empty() && !toc.has_chunk_entries && file.pieces.size() == 1) p.digest = file.digest;
         if (p.digest.empty()) fault(describe(file, p) + ": the TOC gives no chunkDigest");
-        else if (!is_sha256(p.digest)) fault(describe(file, p) + ": chunkDigest " + p.digest + " is not a sha256 digest");
+        else if (!is_sha256(p.digest))
+          fault(describe(file, p) + ": chunkDigest " + p.digest + " is not a sha256 digest");
         if (p.offset == 0 || p.offset >= toc_offset)
           fault(describe(file, p) + ": the offset is not inside the blob's payload (the TOC is at " +
                 std::to_string(toc_offset) + ")");
@@ -482,8 +515,8 @@ class LayerCheck {
         throw ConvertError("the member ends before the inner offset");
       const uint64_t got = consume(*gz, p.length, &chunk_hash, file_hash);
       if (got != p.length)
-        throw ConvertError("the compressed data (" + std::to_string(extent) + " bytes up to the next member) ends after " +
-                           std::to_string(got) + " bytes");
+        throw ConvertError("the compressed data (" + std::to_string(extent) +
+                           " bytes up to the next member) ends after " + std::to_string(got) + " bytes");
     } catch (const ConvertError& e) {
       cursor_.reset();
       chunk_fault(describe(file, p) + ": " + e.what());
@@ -519,7 +552,8 @@ Descriptor descriptor_of(const nlohmann::json& d, const std::string& what) {
   out.digest = d["digest"].get<std::string>();
   out.size = d["size"].get<uint64_t>();
   out.media_type = d.value("mediaType", "");
-  if (!is_sha256(out.digest)) throw ConvertError(what + " digest " + out.digest.substr(0, 80) + " is not a sha256 digest");
+  if (!is_sha256(out.digest))
+    throw ConvertError(what + " digest " + out.digest.substr(0, 80) + " is not a sha256 digest");
   return out;
 }
 

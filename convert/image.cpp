@@ -285,6 +285,17 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
   if (!diff_ids.is_array() || diff_ids.size() != layers.size())
     throw ConvertError("config rootfs.diff_ids does not list one diff_id per layer");
 
+  // Limits first, so an image that cannot be converted costs no work.
+  if (layers.size() > format_.max_layers())
+    throw ConvertError("manifest " + original.digest + " has " + std::to_string(layers.size()) + " layers; " +
+                       std::string(format_.name()) + " images can have at most " + std::to_string(format_.max_layers()));
+  uint64_t to_convert = 0;
+  for (const auto& l : layers)
+    if (!format_.is_converted(l) && !is_foreign(l.value("mediaType", ""))) to_convert += descriptor_of(l).size;
+  if (to_convert > options_.max_image_bytes)
+    throw ConvertError("manifest " + original.digest + " has " + std::to_string(to_convert) +
+                       " bytes of layers to convert, over the limit of " + std::to_string(options_.max_image_bytes));
+
   nlohmann::json new_layers = nlohmann::json::array();
   std::vector<ConvertedLayer> results;  // every layer as it now is, for the image-level step
   for (size_t i = 0; i < layers.size(); ++i) {

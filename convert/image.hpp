@@ -96,6 +96,9 @@ struct ImageConvertOptions {
   std::string work_dir = "/tmp";  // for temporary blob files
   std::function<void(const ImageProgress&)> progress;
   LayerMemo* layer_memo = nullptr;  // optional
+  // An image manifest whose layers to convert add up to more compressed bytes than this is
+  // refused before any layer is read.
+  uint64_t max_image_bytes = uint64_t{64} << 30;
   // Every converted manifest names its source manifest as `subject` (OCI 1.1), so the
   // Referrers API of the source lists it.
   bool subject = true;

@@ -746,10 +746,13 @@ struct BlobWriter::Impl {
     std::string ci(table.size() * kCiEntrySize, '\0');
     for (size_t i = 0; i < table.size(); ++i) encode_ci(ci.data() + i * kCiEntrySize, table[i].info);
     std::string packed;
-    size_t packed_size = compress_to(options.compressor, nullptr, options.level, ci.data(), ci.size(), packed);
+    // zstd (or raw) even in an lz4_block blob: the snapshotter's Go tools read TOC entries
+    // compressed with none or zstd only, and nydusd reads the array's own compressor.
+    const Compressor ci_compressor = options.compressor == Compressor::none ? Compressor::none : Compressor::zstd;
+    size_t packed_size = compress_to(ci_compressor, nullptr, 3, ci.data(), ci.size(), packed);
     std::string_view stored = packed_size ? std::string_view(packed.data(), packed_size) : std::string_view(ci);
 
-    info.ci_compressor = packed_size ? options.compressor : Compressor::none;
+    info.ci_compressor = packed_size ? ci_compressor : Compressor::none;
     info.ci_offset = position;
     info.ci_compressed_size = stored.size();
     info.ci_uncompressed_size = ci.size();

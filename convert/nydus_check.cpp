@@ -175,8 +175,8 @@ void verify_chunks(ImageSource& source, const Descriptor& layer, const rafs::Blo
     ++verified;
   }
   drain(hashed);
-  if (hashed.digest() != layer.digest) {
-    report.faults.push_back("blob " + short_digest(layer.digest) + ": its bytes hash to " + hashed.digest() +
+  if (std::string digest = hashed.digest(); digest != layer.digest) {
+    report.faults.push_back("blob " + short_digest(layer.digest) + ": its bytes hash to " + digest +
                             ", not to its digest (the blob id)");
     return;
   }
@@ -264,7 +264,13 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
         throw ConvertError("blob meta [" + std::to_string(blob.ci_offset) + ", +" + std::to_string(region) +
                            ") is past the blob's end (" + std::to_string(desc.size) + " bytes): truncated blob meta");
       OpenBlobAt open = [&](uint64_t offset) { return source.open_blob_at(desc, offset); };
-      auto chunks = nydus::parse_blob_meta(read_blob_range(open, blob.ci_offset, region), blob);
+      std::string meta;
+      try {
+        meta = read_blob_range(open, blob.ci_offset, region);
+      } catch (const ConvertError& e) {
+        throw ConvertError(std::string("truncated blob meta: ") + e.what());
+      }
+      auto chunks = nydus::parse_blob_meta(meta, blob);
       // Every chunk address must agree with the blob's own chunk info.
       std::map<uint32_t, rafs::Digest> digests;
       for (const auto& [ci, ref] : refs[b]) {

@@ -19,6 +19,7 @@
 #include <map>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "convert/byte_source.hpp"
 
@@ -248,6 +249,7 @@ struct Node {
   std::string_view name;         // in that directory
   uint32_t links = 0;            // dirents naming it
   uint32_t subdirs = 0;
+  size_t depth = 0;
   std::vector<DirentOut> dirents;  // directories, sorted, "." and ".." included
   std::string xattrs;
   uint64_t data_size = 0;        // directories and symlinks
@@ -323,6 +325,9 @@ class Writer {
         if (type == 0) fail(where(child) + ": unknown file type in mode " + std::to_string(tree_[child].mode));
         if (slot_[child] < 0) {
           add_node(child, self, name);
+          nodes_.back().depth = nodes_[n].depth + 1;
+          if (type == ft_dir && nodes_.back().depth > kMaxDepth)
+            fail(where(child) + ": directory depth exceeds " + std::to_string(kMaxDepth));
         } else if (type == ft_dir) {
           fail(where(self) + ": entry \"" + name + "\" names directory " + where(child) +
                " a second time (not a tree of directories)");
@@ -361,6 +366,7 @@ class Writer {
     } else if (node.type == ft_lnk) {
       if (in.symlink_target.empty()) fail(w + ": symlink with an empty target");
       if (in.symlink_target.size() > kMaxSymlinkLength) fail(w + ": symlink target exceeds 4095 bytes");
+      if (in.symlink_target.find('\0') != std::string::npos) fail(w + ": symlink target contains a NUL byte");
       node.data_size = in.symlink_target.size();
     } else if (node.type == ft_chr || node.type == ft_blk) {
       if (in.dev_major > 0xfff || in.dev_minor > 0xfffff) fail(w + ": device number out of range");
@@ -379,7 +385,8 @@ class Writer {
     if (c.blob_index >= b_.blobs.size()) fail(at + " names blob " + std::to_string(c.blob_index) + ", not in the blob table");
     if (c.ci_index >= b_.blobs[c.blob_index].chunk_count)
       fail(at + " has chunk index " + std::to_string(c.ci_index) + " beyond its blob's chunk count");
-    if (c.uncompressed_offset % kBlockSize != 0 || c.uncompressed_offset / kBlockSize > 0xffffffffu)
+    // Block address 0xffffffff is EROFS_NULL_ADDR, a hole to the kernel.
+    if (c.uncompressed_offset % kBlockSize != 0 || c.uncompressed_offset / kBlockSize >= 0xffffffffu)
       fail(at + ": uncompressed offset is not 4 KiB aligned or too large");
     if (c.uncompressed_size != expected_chunk_size(file_size, b_.chunk_size, i))
       fail(at + ": uncompressed size " + std::to_string(c.uncompressed_size) + " does not match the file");
@@ -414,8 +421,7 @@ class Writer {
         found = node.type == ft_dir && it != node.dirents.end() && it->name == part && part != "." && part != "..";
         if (found) cur = it->inode;
       }
-      if (found && std::find(prefetch_.begin(), prefetch_.end(), cur) == prefetch_.end())
-        prefetch_.push_back(cur);
+      if (found && in_prefetch_.insert(cur).second) prefetch_.push_back(cur);
     }
   }
 
@@ -629,6 +635,7 @@ class Writer {
   std::vector<int64_t> slot_;     // inode index -> position in nodes_, -1 if unreachable
   std::map<uint64_t, ChunkRef> chunks_;  // (blob index << 32 | ci index) -> chunk
   std::vector<uint32_t> prefetch_;
+  std::unordered_set<uint32_t> in_prefetch_;
   bool has_xattr_ = false;
   uint64_t device_table_end_ = 0, blob_table_offset_ = 0, prefetch_offset_ = 0, meta_start_ = 0;
   uint64_t chunk_table_offset_ = 0, total_ = 0;
@@ -803,7 +810,7 @@ class Reader {
       if (!(blob.features & blob_feature::is_chunkdict_generated) && !(flags_ & flag::tarfs_mode) &&
           c.ci_index >= blob.chunk_count)
         fail(where + "chunk index " + std::to_string(c.ci_index) + " is beyond its blob's chunk count");
-      if (c.uncompressed_offset % kBlockSize != 0 || c.uncompressed_offset / kBlockSize > 0xffffffffu)
+      if (c.uncompressed_offset % kBlockSize != 0 || c.uncompressed_offset / kBlockSize >= 0xffffffffu)
         fail(where + "uncompressed offset is not 4 KiB aligned or too large");
       if (c.uncompressed_size == 0 || c.uncompressed_size > out_.chunk_size)
         fail(where + "uncompressed size " + std::to_string(c.uncompressed_size) + " is out of range");
@@ -1059,7 +1066,7 @@ class Reader {
         if (name.empty() || name.size() > kMaxNameLength || name.find('\0') != std::string_view::npos ||
             name.find('/') != std::string_view::npos)
           fail(bw + ": invalid entry name");
-        if (!first && !(previous < name))
+        if (!first && previous.compare(name) >= 0)
           fail(w + ": entry \"" + std::string(name) + "\" is out of order (after \"" + previous + "\")");
         first = false;
         previous.assign(name);
@@ -1096,15 +1103,14 @@ class Reader {
 
   void read_prefetch() {
     const uint64_t count = prefetch_table_.second / 4;
-    std::vector<uint32_t> seen;
+    std::unordered_set<uint32_t> seen;
     uint64_t path_bytes = 0;
     for (uint64_t i = 0; i < count; ++i) {
       const uint32_t nid = get<uint32_t>(in_, prefetch_table_.first + 4 * i);
       auto it = by_nid_.find(nid);
       if (it == by_nid_.end())
         fail("prefetch table entry " + std::to_string(i) + ": nid " + std::to_string(nid) + " is not an inode of the tree");
-      if (std::find(seen.begin(), seen.end(), it->second) != seen.end()) continue;
-      seen.push_back(it->second);
+      if (!seen.insert(it->second).second) continue;
       out_.prefetch.push_back(path_of(it->second));
       path_bytes += out_.prefetch.back().size();
       if (path_bytes > 8 * size_ + (1u << 20)) fail("prefetch table paths exceed any sane size");

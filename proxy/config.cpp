@@ -81,7 +81,7 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
 void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   check_keys(v, "variants", {"enabled", "suffixes", "header", "on_miss", "wait", "wait_limit", "workers", "queue",
                              "authorization_ttl", "tag_ttl", "retry_backoff", "cache_max_bytes", "compression_level",
-                             "threads", "nydus", "prefetch"});
+                             "threads", "nydus", "prefetch", "max_image_bytes"});
   if (v["enabled"]) out.enabled = scalar<bool>(v["enabled"], "variants.enabled");
   if (auto s = v["suffixes"]) {
     if (!s.IsMap()) fail("variants.suffixes: expected a mapping of format to tag suffix");
@@ -105,6 +105,7 @@ void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   if (v["cache_max_bytes"]) out.cache_max_bytes = scalar<uint64_t>(v["cache_max_bytes"], "variants.cache_max_bytes");
   if (v["compression_level"]) out.compression_level = scalar<int>(v["compression_level"], "variants.compression_level");
   if (v["threads"]) out.threads = scalar<unsigned>(v["threads"], "variants.threads");
+  if (v["max_image_bytes"]) out.max_image_bytes = scalar<uint64_t>(v["max_image_bytes"], "variants.max_image_bytes");
   if (out.workers < 1 || out.queue < 0) fail("variants.workers must be at least 1 and variants.queue not negative");
   if (auto n = v["nydus"]) {
     check_keys(n, "variants.nydus", {"chunk_size", "compressor", "compression_level"});

@@ -79,6 +79,7 @@ struct VariantsConfig {
   Duration tag_ttl{std::chrono::seconds(30)};
   Duration retry_backoff{std::chrono::seconds(60)};     // after a failed conversion, first retry
   uint64_t cache_max_bytes = uint64_t{50} << 30;
+  uint64_t max_image_bytes = uint64_t{64} << 30;  // compressed layers to convert, per image manifest
   int compression_level = 6;
   unsigned threads = 0;  // compression threads per conversion, 0: one per core
   NydusSettings nydus;

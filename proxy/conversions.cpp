@@ -325,6 +325,7 @@ void Conversions::run(ConversionJob& job) {
     options.layer.nydus.compressor = config_.variants.nydus.compressor;
     options.layer.nydus.level = config_.variants.nydus.compression_level;
     options.layer.prioritized_files = prefetch_files(key);
+    options.max_image_bytes = config_.variants.max_image_bytes;
     options.layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
     options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
     options.layer.work_dir = options.work_dir;

@@ -48,6 +48,8 @@ Options:
   --compressor NAME          Nydus: zstd (default), lz4_block or none
   --work-dir DIR             temporary files (default $TMPDIR or /tmp)
   --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
+  --max-image-bytes N        refuse images whose layers to convert add up to more than N
+                             compressed bytes, before reading any (default 64 GiB)
   --prioritize FILE          paths (one per line) loaded first: eStargz places them before a
                              .prefetch.landmark, Nydus writes them to the bootstrap's prefetch table
   --prefetch FILE            the same as --prioritize
@@ -273,7 +275,7 @@ int run_convert_command(const std::vector<std::string_view>& args) {
     std::map<std::string, std::string> extra;
     auto positional = parse_args(args, common, extra,
                                  {"--platform", "--src-creds", "--dest-creds", "--authfile", "--src-tls-verify",
-                                  "--dest-tls-verify", "--work-dir"});
+                                  "--dest-tls-verify", "--work-dir", "--max-image-bytes"});
     if (positional.size() != 2) throw ConvertError("expected SRC and DST (see accel-proxy convert --help)");
     Location src = parse_location(positional[0]), dst = parse_location(positional[1]);
     if (src.tag_or_digest.empty()) src.tag_or_digest = "latest";
@@ -283,6 +285,7 @@ int run_convert_command(const std::vector<std::string_view>& args) {
 
     convert::ImageConvertOptions options;
     options.layer = common.layer;
+    if (!extra["--max-image-bytes"].empty()) options.max_image_bytes = parse_number("--max-image-bytes", extra["--max-image-bytes"]);
     if (!extra["--platform"].empty()) {
       std::stringstream ss(extra["--platform"]);
       for (std::string p; std::getline(ss, p, ',');)

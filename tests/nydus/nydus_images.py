@@ -157,6 +157,7 @@ def multilayer(outdir):
              mode=0o755, mtime=T2)
 
     def l3(tf):
+        _add(tf, "./", "dir", mode=0o751, mtime=T3)          # the root's metadata changes
         _add(tf, "etc/", "dir", mode=0o755, mtime=T3)
         _add(tf, "etc/gone/", "dir", mode=0o711, mtime=T3)
         _add(tf, "etc/gone/inside", data=b"file path re-created as a dir\n", mtime=T3)
@@ -197,6 +198,83 @@ def lower_hardlink(outdir):
             _write(os.path.join(outdir, "lh-2.tar"), tarfile.PAX_FORMAT, l2)]
 
 
+def bigdirs(outdir):
+    """Directories whose dirents span many 4 KiB blocks: 2,500 names of 6-205 bytes, some
+    starting with bytes that sort before '.' ('!', '#', '+', ',', '-'), multi-byte UTF-8,
+    and the awkward names '...', '.a', '..a'; plus 300 subdirectories (nlink 302)."""
+    os.makedirs(outdir, exist_ok=True)
+    prefixes = ["!", "#", "+", ",", "-", "0", "A", "_", "a", "z", "~", "\u00e9", "\u65e5"]
+
+    def build(tf):
+        _add(tf, "big/", "dir", mode=0o755)
+        for i in range(2500):
+            name = f"{prefixes[i % len(prefixes)]}{i:05d}" + "n" * ((i * 37) % 200)
+            _add(tf, f"big/{name}", data=b"%d\n" % i if i % 3 else b"", mtime=T1 + i)
+        for n in ("...", ".a", "..a", ".wh-not-a-whiteout"):
+            _add(tf, f"big/{n}", data=n.encode())
+        _add(tf, "subdirs/", "dir", mode=0o755)
+        for i in range(300):
+            _add(tf, f"subdirs/d{i:03d}/", "dir", mode=0o700 + (i % 8))
+        _add(tf, "subdirs/d007/leaf", data=b"leaf\n")
+
+    return [_write(os.path.join(outdir, "bigdirs.tar"), tarfile.PAX_FORMAT, build)]
+
+
+def nodata_layers(outdir):
+    """A layer with file data, then one with only dirs and a symlink, then an empty layer."""
+    os.makedirs(outdir, exist_ok=True)
+
+    def l1(tf):
+        _add(tf, "d/", "dir", mode=0o755)
+        _add(tf, "d/file", data=rand_bytes("nodata/file", 5000))
+
+    def l2(tf):
+        _add(tf, "d/", "dir", mode=0o755, mtime=T2)
+        _add(tf, "d/sub/", "dir", mode=0o700, mtime=T2)
+        _add(tf, "d/link", "symlink", linkname="file", mode=0o777, mtime=T2)
+        _add(tf, "d/fifo", "fifo", mode=0o600, mtime=T2)
+
+    return [_write(os.path.join(outdir, "nd-1.tar"), tarfile.PAX_FORMAT, l1),
+            _write(os.path.join(outdir, "nd-2.tar"), tarfile.PAX_FORMAT, l2),
+            _write(os.path.join(outdir, "nd-3.tar"), tarfile.PAX_FORMAT, lambda tf: None)]
+
+
+MANY_CHUNKS = 65_600     # > 65,535 chunks: a chunk index needs the high byte of c_blob_addr_hi
+
+
+def many_chunks(outdir):
+    """One file of 65,600 distinct 4 KiB blocks (each: its index, then zeros; compresses well),
+    for --chunk-size 4096: chunk indexes past 65535 in one blob."""
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.join(outdir, "many_chunks.tar")
+    if os.path.exists(path):
+        return [path]
+
+    class Blocks(io.RawIOBase):
+        def __init__(self):
+            self.i, self.buf = 0, b""
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            while len(self.buf) < len(b) and self.i < MANY_CHUNKS:
+                self.buf += self.i.to_bytes(8, "little") + b"chunk" + bytes(4096 - 13)
+                self.i += 1
+            n = min(len(b), len(self.buf))
+            b[:n] = self.buf[:n]
+            self.buf = self.buf[n:]
+            return n
+
+    def build(tf):
+        _add(tf, "data/", "dir", mode=0o755)
+        ti = tarfile.TarInfo("data/chunky")
+        ti.size, ti.mode, ti.mtime = MANY_CHUNKS * 4096, 0o644, T1
+        tf.addfile(ti, io.BufferedReader(Blocks(), 1 << 20))
+
+    return [_write(path, tarfile.PAX_FORMAT, build)]
+
+
 def _single(fn):
     return lambda outdir: [fn(outdir)]
 
@@ -211,4 +289,13 @@ IMAGES = {
     "stacked": lambda outdir: [layers.debian_like(outdir), layers.many_small(outdir),
                                layers.adversarial_nosparse(outdir)],
     "lower_hardlink": lower_hardlink,
+    "bigdirs": bigdirs,
+    "nodata_layers": nodata_layers,
+    "many_chunks": many_chunks,
+}
+
+
+# --prefetch lists (absolute paths, in priority order; a hardlink name and a dir included)
+PREFETCH = {
+    "multilayer": ["/bin/busybox", "/etc", "/etc/new-hl-2", "/usr/lib/libx.so.1", "/etc/new-hl-1"],
 }

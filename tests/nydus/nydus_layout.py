@@ -19,6 +19,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 REF_NAME = "org.opencontainers.image.ref.name"
 ANN_NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
@@ -87,8 +88,9 @@ def gzip_file(path, level=6) -> str:
     return out
 
 
-def build_layout(layout_dir, tar_paths, tag="v1", created="2024-01-01T00:00:00Z") -> LayoutImage:
-    """An OCI image layout at layout_dir holding one image (tag) with the given layers."""
+def build_layout(layout_dir, tar_paths, tag="v1", created="2024-01-01T00:00:00Z", gzip_layers=True) -> LayoutImage:
+    """An OCI image layout at layout_dir holding one image (tag) with the given layers
+    (tar+gzip, or plain tar with gzip_layers=False)."""
     layout_dir = str(layout_dir)
     os.makedirs(os.path.join(layout_dir, "blobs", "sha256"), exist_ok=True)
     with open(os.path.join(layout_dir, "oci-layout"), "w") as f:
@@ -97,8 +99,9 @@ def build_layout(layout_dir, tar_paths, tag="v1", created="2024-01-01T00:00:00Z"
     history.append({"created": created, "created_by": "/bin/sh -c #(nop)  ENV PATH=/usr/bin", "empty_layer": True})
     for i, tar in enumerate(tar_paths):
         diff_ids.append(sha256_file(tar))
-        digest, size = _put_blob(layout_dir, path=gzip_file(tar))
-        layer_descs.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
+        digest, size = _put_blob(layout_dir, path=gzip_file(tar) if gzip_layers else tar)
+        layer_descs.append({"mediaType": OCI_LAYER_GZIP if gzip_layers else OCI_LAYER_TAR,
+                            "digest": digest, "size": size})
         history.append({"created": created, "created_by": f"test layer {i}: {os.path.basename(tar)}"})
     config = {
         "created": created,

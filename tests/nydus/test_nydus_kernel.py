@@ -15,11 +15,10 @@ Harness self-tests (no converter needed): the oracle's layer rules on the 3-laye
 oracle -> real tree (tmpfs) -> mkfs.erofs chunk-based with a blob device -> fsck + kernel
 mount -> walker == oracle.
 """
-import gzip
 import hashlib
 import json
 import os
-import subprocess
+import shutil
 
 import pytest
 
@@ -32,6 +31,13 @@ import nydus_tree as T
 from conftest import run
 
 EXTRACT_FIELDS = {"kind", "size", "content", "target", "rdev", "uid", "gid"}
+
+# Images fsck.erofs 1.5 cannot extract although the kernel reads them: a Nydus chunk address
+# keeps bits 16-23 of the chunk index in the high byte of c_blob_addr_hi, which the kernel masks
+# off the device id (roundup_pow_of_two(devices + 1) - 1) but erofs-utils 1.5 does not ("failed
+# to map device of m_pa 268435456, m_deviceid 257"). For these, a failed extraction with that
+# message is tolerated; fsck without --extract and the kernel mount must still pass.
+FSCK_EXTRACT_UNMASKED_DEVICE_ID = {"many_chunks"}
 
 
 def _fail_diffs(what, diffs):
@@ -69,10 +75,14 @@ def test_oracle_rules(image_layers):
     assert n["ids/huge"].uid == 3_000_000 and n["dev/wide"].rdev == (240, 70_000)
     assert n["xattr-file"].xattrs["user.bin"] == b"\x00\xff\x01bin"
     assert n[""].explicit and nl[""] == 2 + sum(1 for p, x in n.items() if p and "/" not in p and x.kind == "dir")
+    assert n[""].mode == 0o751 and n[""].mtime_ns == nydus_images.T3 * 10**9    # './' of layer 3
     # single-layer whiteouts hide nothing and are not files
     adv = O.build(image_layers("adversarial_nosparse"))
     assert "adv/.wh.foo" not in adv.nodes and "adv/opq/.wh..wh..opq" not in adv.nodes
     assert "adv/opq/kept" in adv.nodes
+    big = O.build(image_layers("bigdirs"))
+    assert len(big.children("big")) == 2504 and big.nlinks()["subdirs"] == 302
+    assert "big/.wh-not-a-whiteout" in big.nodes
     lh = O.build(image_layers("lower_hardlink"))
     assert lh.hardlink_groups() == [["data/big", "other/big-link"], ["data/link-to-lower", "data/orig"]]
 
@@ -85,17 +95,17 @@ def test_oracle_sparse_member(image_layers):
     assert dense.nodes["adv/sparse.img"].sha256 == sparse.sha256
 
 
-SELFTEST_IMAGES = ["multilayer", "adversarial", "debian_like", "lower_hardlink"]
+SELFTEST_IMAGES = ["multilayer", "adversarial", "debian_like", "lower_hardlink", "bigdirs", "nodata_layers"]
 
 
 @pytest.mark.parametrize("name", SELFTEST_IMAGES)
-def test_harness_with_mkfs_erofs(name, image_layers, tmp_path):
+def test_harness_with_mkfs_erofs(name, image_layers, work):
     """oracle -> files on tmpfs -> mkfs.erofs (4 KiB chunks in an extra blob device) ->
     fsck.erofs and kernel mount -> walker: no differences. Proves oracle, walker and mount
     helper before (and independently of) the converter."""
     tree = O.build(image_layers(name), keep_data=True)
-    img, blob = tmp_path / "img.erofs", tmp_path / "blob"
-    with M.tmpfs(tmp_path / "src") as src:
+    img, blob = work / "img.erofs", work / "blob"
+    with M.tmpfs(work / "src") as src:
         O.materialize(tree, src)
         diffs = T.compare(tree, T.walk(src))
         if diffs:
@@ -105,24 +115,24 @@ def test_harness_with_mkfs_erofs(name, image_layers, tmp_path):
         assert p.returncode == 0, p.stderr
     p = M.fsck(img, [blob])
     assert p.returncode == 0, p.stdout + p.stderr
-    p = M.fsck(img, [blob], extract_dir=tmp_path / "extract")
+    p = M.fsck(img, [blob], extract_dir=work / "extract")
     assert p.returncode == 0, p.stdout + p.stderr
-    diffs = T.compare(tree, T.walk(tmp_path / "extract", xattrs=False), fields=EXTRACT_FIELDS)
+    diffs = T.compare(tree, T.walk(work / "extract", xattrs=False), fields=EXTRACT_FIELDS)
     if diffs:
         _fail_diffs("fsck.erofs --extract of the mkfs.erofs image", diffs)
     for method in ("auto", "loop") if name == "multilayer" else ("auto",):
-        with M.mounted(img, [blob], tmp_path / "mnt", method=method) as how:
-            diffs = T.compare(tree, T.walk(tmp_path / "mnt"))
+        with M.mounted(img, [blob], work / "mnt", method=method) as how:
+            diffs = T.compare(tree, T.walk(work / "mnt"))
         assert method != "loop" or how == "loop"
         if diffs:
             _fail_diffs(f"mkfs.erofs image, mounted {how}", diffs)
 
 
-def test_harness_detects_differences(image_layers, tmp_path):
+def test_harness_detects_differences(image_layers, work):
     """The comparison reports a changed mode, content, xattr, mtime ns, a broken hardlink and a
     missing path (so an empty diff list means something)."""
     tree = O.build(image_layers("multilayer"), keep_data=True)
-    with M.tmpfs(tmp_path / "src") as src:
+    with M.tmpfs(work / "src") as src:
         O.materialize(tree, src)
         os.chmod(os.path.join(src, "bin/setuid-tool"), 0o755)
         with open(os.path.join(src, "etc/replaced"), "r+b") as f:
@@ -146,12 +156,13 @@ def test_harness_detects_differences(image_layers, tmp_path):
 # ==== the converter ===========================================================================
 
 STRUCTURE_IMAGES = ["debian_like", "many_small", "few_large", "adversarial", "adversarial_nosparse",
-                    "multilayer", "stacked"]
+                    "multilayer", "stacked", "bigdirs", "nodata_layers"]
 
 KERNEL_CASES = [(img, comp, ()) for img in STRUCTURE_IMAGES for comp in ("zstd", "none")] + [
     ("multilayer", "lz4_block", ()),
     ("adversarial_nosparse", "zstd", ("--chunk-size", "4096")),
     ("debian_like", "zstd", ("--chunk-size", "65536", "--threads", "2")),
+    ("many_chunks", "zstd", ("--chunk-size", "4096")),
 ]
 
 
@@ -160,8 +171,8 @@ def _case_id(case):
     return "-".join([img, comp] + [a.lstrip("-").replace("chunk-size", "cs") for a in extra])
 
 
-def _converted_ok(converted, name, comp, extra=()):
-    conv = converted(name, comp, extra)
+def _converted_ok(converted, name, comp, extra=(), gzip_layers=True):
+    conv = converted(name, comp, extra, gzip_layers)
     if not conv.ok:
         pytest.fail(conv.describe(), pytrace=False)
     return conv
@@ -181,7 +192,7 @@ def _write_devices(accel_bin, conv, outdir):
 
 
 @pytest.mark.parametrize("name", STRUCTURE_IMAGES)
-def test_convert_structure(name, converted, accel_bin, source_image, oracle, tmp_path):
+def test_convert_structure(name, converted, accel_bin, source_image, oracle, work):
     """Manifest, config, annotations, subject and bootstrap layer of the zstd conversion; check passes."""
     conv = _converted_ok(converted, name, "zstd")
     src = source_image(name)
@@ -232,7 +243,7 @@ def test_convert_structure(name, converted, accel_bin, source_image, oracle, tmp
     p = run([accel_bin, "check", conv.ref])
     want(p.returncode == 0 and "ok" in p.stdout.lower(), f"check: rc {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     if "image/image.boot" in members and p.returncode == 0:
-        boot, devices = _write_devices(accel_bin, conv, str(tmp_path / "dev"))
+        boot, devices = _write_devices(accel_bin, conv, str(work / "dev"))
         with open(boot, "rb") as f:
             want(f.read() == members["image/image.boot"][1], "check --write-devices image.boot != image/image.boot of the bootstrap layer")
         tags = M.device_tags(boot)
@@ -245,32 +256,36 @@ def test_convert_structure(name, converted, accel_bin, source_image, oracle, tmp
         pytest.fail(f"{name}: " + "\n".join(problems), pytrace=False)
 
 
-def _kernel_check(name, comp, extra, converted, accel_bin, oracle, tmp_path):
-    """fsck.erofs, fsck.erofs --extract and the kernel mount; all problems reported together."""
-    conv = _converted_ok(converted, name, comp, extra)
+def _kernel_check(name, comp, extra, converted, accel_bin, oracle, work, gzip_layers=True):
+    """fsck.erofs, fsck.erofs --extract and the kernel mount; all problems reported together.
+    Returns (image.boot path, the walked mount)."""
+    conv = _converted_ok(converted, name, comp, extra, gzip_layers)
     tree = oracle(name)
-    outdir = tmp_path / "dev"
+    outdir = work / "dev"
     boot, devices = _write_devices(accel_bin, conv, str(outdir))
-    what = f"{name} ({comp}{' ' if extra else ''}{' '.join(extra)})"
+    what = f"{name} ({comp}{' ' if extra else ''}{' '.join(extra)}{'' if gzip_layers else ', tar layers'})"
     problems = []
     # fsck.erofs: consistency, then extraction compared in what 1.5 extracts faithfully
     p = M.fsck(boot, devices)
     if p.returncode != 0:
         problems.append(f"fsck.erofs {' '.join('--device=' + d for d in devices)} {boot}: rc {p.returncode}\n"
                         f"{p.stdout[-3000:]}{p.stderr[-3000:]}")
-    ex = tmp_path / "extract"
+    ex = work / "extract"
     p = M.fsck(boot, devices, extract_dir=ex)
-    if p.returncode != 0:
+    tolerated = (name in FSCK_EXTRACT_UNMASKED_DEVICE_ID and p.returncode != 0
+                 and "failed to map device" in p.stdout + p.stderr)
+    if p.returncode != 0 and not tolerated:
         problems.append(f"fsck.erofs --extract: rc {p.returncode}\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
-    if os.path.isdir(ex):
+    if os.path.isdir(ex) and not tolerated:
         diffs = T.compare(tree, T.walk(ex, xattrs=False), fields=EXTRACT_FIELDS)
         if diffs:
             problems.append(f"fsck.erofs --extract of {what}: {len(diffs)} difference(s) from the oracle:\n  "
                             + "\n  ".join(diffs))
     # the kernel
+    walked = None
     try:
-        with M.mounted(boot, devices, tmp_path / "mnt") as how:
-            walked = T.walk(tmp_path / "mnt")
+        with M.mounted(boot, devices, work / "mnt") as how:
+            walked = T.walk(work / "mnt")
         diffs = T.compare(tree, walked)
         if diffs:
             problems.append(f"kernel mount ({how}) of {what}: {len(diffs)} difference(s) from the oracle:\n  "
@@ -279,20 +294,56 @@ def _kernel_check(name, comp, extra, converted, accel_bin, oracle, tmp_path):
         problems.append(f"kernel mount of {what} failed: {e}")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+    return boot, walked
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=_case_id)
-def test_kernel_mount(case, converted, accel_bin, oracle, tmp_path):
+def test_kernel_mount(case, converted, accel_bin, oracle, work):
     name, comp, extra = case
-    _kernel_check(name, comp, extra, converted, accel_bin, oracle, tmp_path)
+    _kernel_check(name, comp, extra, converted, accel_bin, oracle, work)
+
+
+def test_kernel_mount_from_plain_tar_layers(converted, accel_bin, oracle, work):
+    """Source layers stored uncompressed (application/vnd.oci.image.layer.v1.tar)."""
+    _kernel_check("multilayer", "zstd", (), converted, accel_bin, oracle, work, gzip_layers=False)
+
+
+def test_prefetch_table(converted, accel_bin, oracle, work):
+    """--prefetch FILE: the image still mounts identically, and the bootstrap's prefetch table
+    holds the nids (= st_ino on the mount) of the listed paths, in list order, each inode once."""
+    name = "multilayer"
+    boot, walked = _kernel_check(name, "zstd", ("--prefetch", "PREFETCH"), converted, accel_bin, oracle, work)
+    with open(boot, "rb") as f:
+        data = f.read()
+    off = int.from_bytes(data[1192:1200], "little")
+    size = int.from_bytes(data[1200:1204], "little")
+    got = [int.from_bytes(data[off + i:off + i + 4], "little") for i in range(0, size, 4)]
+    expect = []
+    for p in nydus_images.PREFETCH[name]:
+        ino = walked[p.lstrip("/")].ino
+        if ino not in expect:
+            expect.append(ino)
+    by_ino = {r.ino: "/" + p for p, r in walked.items()}
+    assert got == expect, (f"prefetch table nids {got} ({[by_ino.get(n, '?') for n in got]}), "
+                           f"expected {expect} ({[by_ino[n] for n in expect]})")
+
+
+# Set to True if the project decides that a converter may refuse hardlinks whose target is only
+# in a lower layer (then a clear refusal naming the hardlink passes test_lower_layer_hardlink).
+LOWER_HARDLINK_MAY_BE_REFUSED = False
 
 
 @pytest.mark.parametrize("comp", ["zstd"])
-def test_lower_layer_hardlink(comp, converted, accel_bin, oracle, tmp_path):
+def test_lower_layer_hardlink(comp, converted, accel_bin, oracle, work):
     """SEPARATE ON PURPOSE: layer 2 hardlinks to files that exist only in layer 1. The OCI rules
     make them names of the lower inode (nlink 2, same inode). A converter may instead refuse
-    such layers with a clear error; adjust this test if that is the decided behaviour."""
-    _kernel_check("lower_hardlink", comp, (), converted, accel_bin, oracle, tmp_path)
+    such layers with a clear error; adjust this test if that is the decided behaviour
+    (LOWER_HARDLINK_MAY_BE_REFUSED)."""
+    conv = converted("lower_hardlink", comp, ())
+    if LOWER_HARDLINK_MAY_BE_REFUSED and not conv.ok:
+        assert "data/link-to-lower" in conv.proc.stderr, conv.describe()
+        return
+    _kernel_check("lower_hardlink", comp, (), converted, accel_bin, oracle, work)
 
 
 def test_deterministic_across_threads(converted):
@@ -305,7 +356,6 @@ def test_deterministic_across_threads(converted):
 # ==== check rejects damaged images ============================================================
 
 def _copy_layout(src_dir, dst_dir):
-    import shutil
     shutil.copytree(src_dir, dst_dir, copy_function=shutil.copy2)
     return str(dst_dir)
 
@@ -328,9 +378,9 @@ def _rewrite_manifest(layout_dir, tag, edit):
         json.dump(index, f)
 
 
-def test_check_rejects_corrupt_blob(converted, accel_bin, tmp_path):
+def test_check_rejects_corrupt_blob(converted, accel_bin, work):
     conv = _converted_ok(converted, "multilayer", "zstd")
-    d = _copy_layout(conv.dst_dir, tmp_path / "bad")
+    d = _copy_layout(conv.dst_dir, work / "bad")
     blob = L.blob_path(d, conv.image().manifest["layers"][0]["digest"])
     with open(blob, "r+b") as f:
         f.seek(100)
@@ -342,10 +392,10 @@ def test_check_rejects_corrupt_blob(converted, accel_bin, tmp_path):
     assert (p.stderr + p.stdout).strip(), "no message"
 
 
-def test_check_rejects_missing_bootstrap_annotation(converted, accel_bin, tmp_path):
+def test_check_rejects_missing_bootstrap_annotation(converted, accel_bin, work):
     conv = _converted_ok(converted, "multilayer", "zstd")
-    d = _copy_layout(conv.dst_dir, tmp_path / "bad")
+    d = _copy_layout(conv.dst_dir, work / "bad")
     _rewrite_manifest(d, "nydus", lambda m: m["layers"][-1]["annotations"].pop(L.ANN_NYDUS_BOOTSTRAP))
     p = run([accel_bin, "check", f"oci:{d}:nydus"])
     assert p.returncode != 0, f"check accepted an image without the bootstrap annotation:\n{p.stdout}"
-    assert "nydus-bootstrap" in p.stderr + p.stdout, p.stderr + p.stdout
+    assert "bootstrap" in p.stderr + p.stdout, p.stderr + p.stdout

@@ -160,6 +160,8 @@ struct Sample {
     T.file(0, "other", std::string(5000, 'z'), b1);
     contents["/other"] = std::string(5000, 'z');
     T.file(etc, "hello", "hello world\n", b1);
+    T.file(etc, "\xc3\xa9t\xc3\xa9", "", b1);  // sorts after "~" as raw bytes
+    T.file(etc, "~tilde", "", b1);
     contents["/etc/hello"] = "hello world\n";
     T.file(etc, "empty", "", b0);
     contents["/etc/empty"] = "";
@@ -456,6 +458,14 @@ TEST_CASE("rafs: the writer refuses what it cannot represent", "[rafs]") {
       if (!i.chunks.empty()) i.chunks.pop_back();
     CHECK_THAT(write_error(b), Catch::Contains("chunks for size"));
   }
+  SECTION("directory depth") {
+    TreeBuilder t;
+    uint32_t d = 0;
+    for (int i = 0; i < 1025; ++i) d = t.dir(d, "d");
+    Bootstrap deep;
+    deep.tree = t.tree;
+    CHECK_THAT(write_error(deep), Catch::Contains("depth exceeds 1024"));
+  }
   SECTION("directory named twice") {
     b.tree.inodes[0].children.emplace_back("zz", b.tree.inodes[0].children[0].second);
     std::sort(b.tree.inodes[0].children.begin(), b.tree.inodes[0].children.end());
@@ -664,6 +674,12 @@ TEST_CASE("rafs: fsck.erofs extracts a written bootstrap with its blob as the de
   files["etc/hardlink"] = pattern;
   t.file(etc, "empty", "", blob);
   files["etc/empty"] = "";
+  // 600 chunk addresses (4800 B): the array runs across a block boundary.
+  std::string many;
+  for (int i = 0; i < 600; ++i) many += std::string(4096, static_cast<char>('A' + i % 50));
+  many += "tail";
+  t.file(etc, "many", many, blob);
+  files["etc/many"] = many;
   t.symlink(0, "short", "etc/hello");
   t.symlink(0, "long", std::string(3000, 'l'));
   Inode x = TreeBuilder::node(S_IFREG | 0644);
