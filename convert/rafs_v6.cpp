@@ -77,7 +77,15 @@ constexpr uint64_t kMaxUncompressedBlobSize = 1ull << 44;
 constexpr size_t kMaxDepth = 1024;
 
 // EROFS dirent file types.
-enum FileType : uint8_t { ft_reg = 1, ft_dir = 2, ft_chr = 3, ft_blk = 4, ft_fifo = 5, ft_sock = 6, ft_lnk = 7 };
+enum FileType : uint8_t {
+  ft_reg = 1,
+  ft_dir = 2,
+  ft_chr = 3,
+  ft_blk = 4,
+  ft_fifo = 5,
+  ft_sock = 6,
+  ft_lnk = 7
+};
 
 uint8_t file_type(uint32_t mode) {
   switch (mode & 0170000) {
@@ -97,13 +105,13 @@ struct XattrPrefix {
   std::string_view prefix;
   bool whole_name;  // the POSIX ACL indexes name the whole attribute
 };
-constexpr XattrPrefix kXattrPrefixes[] = {
-    {2, "system.posix_acl_access", true}, {3, "system.posix_acl_default", true},
-    {1, "user.", false}, {4, "trusted.", false}, {6, "security.", false}};
+constexpr XattrPrefix kXattrPrefixes[] = {{2, "system.posix_acl_access", true},
+                                          {3, "system.posix_acl_default", true},
+                                          {1, "user.", false},
+                                          {4, "trusted.", false},
+                                          {6, "security.", false}};
 
-[[noreturn]] void fail(const std::string& message) {
-  throw ConvertError("RAFS v6 bootstrap: " + message);
-}
+[[noreturn]] void fail(const std::string& message) { throw ConvertError("RAFS v6 bootstrap: " + message); }
 
 uint64_t align_up(uint64_t value, uint64_t unit) { return (value + unit - 1) / unit * unit; }
 
@@ -169,8 +177,7 @@ void check_blob(const BlobInfo& blob, uint32_t index, uint32_t digest_algo, uint
     fail(where + "features ZRAN/BATCH/ENCRYPTED require CHUNK_INFO_V2");
   } else if (!(f & blob_feature::is_chunkdict_generated) && !tarfs_mode &&
              blob.ci_uncompressed_size != count * 16) {
-    fail(where + "chunk-info size " + std::to_string(blob.ci_uncompressed_size) +
-         " is not chunk count * 16");
+    fail(where + "chunk-info size " + std::to_string(blob.ci_uncompressed_size) + " is not chunk count * 16");
   }
 }
 
@@ -245,18 +252,18 @@ std::string encode_xattrs(const Inode& inode, const std::string& where) {
 struct Node {
   uint32_t inode = 0;
   uint8_t type = 0;
-  int64_t parent = -1;           // inode index of the directory that first named it
-  std::string_view name;         // in that directory
-  uint32_t links = 0;            // dirents naming it
+  int64_t parent = -1;    // inode index of the directory that first named it
+  std::string_view name;  // in that directory
+  uint32_t links = 0;     // dirents naming it
   uint32_t subdirs = 0;
   size_t depth = 0;
   std::vector<DirentOut> dirents;  // directories, sorted, "." and ".." included
   std::string xattrs;
-  uint64_t data_size = 0;        // directories and symlinks
+  uint64_t data_size = 0;  // directories and symlinks
   // placement
   uint64_t offset = 0;
   uint16_t layout = kFlatPlain;
-  uint64_t raw_blocks = 0;       // blocks of data stored at raw_blkaddr
+  uint64_t raw_blocks = 0;  // blocks of data stored at raw_blkaddr
   uint32_t raw_blkaddr = 0;
 };
 
@@ -276,7 +283,8 @@ class Writer {
   std::string path_of(uint32_t index) const {
     if (index == 0) return "/";
     std::vector<std::string_view> parts;
-    for (int64_t i = index; i > 0 && parts.size() <= kMaxDepth; i = slot_[i] >= 0 ? nodes_[slot_[i]].parent : 0)
+    for (int64_t i = index; i > 0 && parts.size() <= kMaxDepth;
+         i = slot_[i] >= 0 ? nodes_[slot_[i]].parent : 0)
       parts.push_back(slot_[i] >= 0 ? nodes_[slot_[i]].name : std::string_view("?"));
     std::string path;
     for (auto it = parts.rbegin(); it != parts.rend(); ++it) path += "/" + std::string(*it);
@@ -320,9 +328,11 @@ class Writer {
         if (name.size() > kMaxNameLength)
           fail(where(self) + ": entry name \"" + name.substr(0, 32) + "...\" exceeds 255 bytes");
         if (child >= tree_.size())
-          fail(where(self) + ": entry \"" + name + "\" names inode " + std::to_string(child) + ", out of range");
+          fail(where(self) + ": entry \"" + name + "\" names inode " + std::to_string(child) +
+               ", out of range");
         const uint8_t type = file_type(tree_[child].mode);
-        if (type == 0) fail(where(child) + ": unknown file type in mode " + std::to_string(tree_[child].mode));
+        if (type == 0)
+          fail(where(child) + ": unknown file type in mode " + std::to_string(tree_[child].mode));
         if (slot_[child] < 0) {
           add_node(child, self, name);
           nodes_.back().depth = nodes_[n].depth + 1;
@@ -382,7 +392,8 @@ class Writer {
 
   void add_chunk(const ChunkRef& c, uint64_t file_size, size_t i, const std::string& w) {
     const std::string at = w + ": chunk " + std::to_string(i);
-    if (c.blob_index >= b_.blobs.size()) fail(at + " names blob " + std::to_string(c.blob_index) + ", not in the blob table");
+    if (c.blob_index >= b_.blobs.size())
+      fail(at + " names blob " + std::to_string(c.blob_index) + ", not in the blob table");
     if (c.ci_index >= b_.blobs[c.blob_index].chunk_count)
       fail(at + " has chunk index " + std::to_string(c.ci_index) + " beyond its blob's chunk count");
     // Block address 0xffffffff is EROFS_NULL_ADDR, a hole to the kernel.
@@ -418,7 +429,8 @@ class Writer {
         const Node& node = nodes_[slot_[cur]];
         auto it = std::lower_bound(node.dirents.begin(), node.dirents.end(), part,
                                    [](const DirentOut& d, std::string_view n) { return d.name < n; });
-        found = node.type == ft_dir && it != node.dirents.end() && it->name == part && part != "." && part != "..";
+        found = node.type == ft_dir && it != node.dirents.end() && it->name == part && part != "." &&
+                part != "..";
         if (found) cur = it->inode;
       }
       if (found && in_prefetch_.insert(cur).second) prefetch_.push_back(cur);
@@ -480,7 +492,8 @@ class Writer {
     for (size_t i = 0; i < b_.blobs.size(); ++i) {
       const BlobInfo& blob = b_.blobs[i];
       const uint64_t blocks = std::max<uint64_t>(1, (blob.uncompressed_size + kBlockSize - 1) / kBlockSize);
-      if (blocks > 0xffffffffu || mapped > 0xffffffffu) fail("blob " + std::to_string(i) + " is too large for the device table");
+      if (blocks > 0xffffffffu || mapped > 0xffffffffu)
+        fail("blob " + std::to_string(i) + " is too large for the device table");
       const uint64_t slot = kDeviceTableOffset + uint64_t{kDeviceSlotSize} * i;
       std::memcpy(out.data() + slot, blob.blob_id.data(), 64);
       put<uint32_t>(out, slot + 64, static_cast<uint32_t>(blocks));
@@ -550,7 +563,8 @@ class Writer {
       put<uint32_t>(out, prefetch_offset_ + 4 * i, static_cast<uint32_t>(nid));
     }
 
-    for (size_t n = 0; n < nodes_.size(); ++n) write_inode(out, nodes_[n], static_cast<uint32_t>(n + 1), nids);
+    for (size_t n = 0; n < nodes_.size(); ++n)
+      write_inode(out, nodes_[n], static_cast<uint32_t>(n + 1), nids);
 
     // Chunk table, ordered by (blob index, chunk index) as the map is.
     uint64_t at = chunk_table_offset_;
@@ -592,15 +606,14 @@ class Writer {
         u = kChunkFormatIndexes | static_cast<uint16_t>(__builtin_ctz(b_.chunk_size) - kBlockBits);
         break;
       case ft_chr:
-      case ft_blk:
-        u = encode_dev(in.dev_major, in.dev_minor);
-        break;
-      default:
-        break;
+      case ft_blk: u = encode_dev(in.dev_major, in.dev_minor); break;
+      default: break;
     }
     const uint64_t o = node.offset;
     put<uint16_t>(out, o + 0, static_cast<uint16_t>(1 | (node.layout << 1)));
-    put<uint16_t>(out, o + 2, node.xattrs.empty() ? 0 : static_cast<uint16_t>((node.xattrs.size() - kXattrHeaderSize) / 4 + 1));
+    put<uint16_t>(
+        out, o + 2,
+        node.xattrs.empty() ? 0 : static_cast<uint16_t>((node.xattrs.size() - kXattrHeaderSize) / 4 + 1));
     put<uint16_t>(out, o + 4, static_cast<uint16_t>(in.mode));
     put<uint64_t>(out, o + 8, size);
     put<uint32_t>(out, o + 16, u);
@@ -618,21 +631,24 @@ class Writer {
       uint64_t at = align_up(after, kChunkAddrSize);
       for (const auto& c : in.chunks) {
         put<uint16_t>(out, at, static_cast<uint16_t>(c.ci_index & 0xffff));
-        put<uint16_t>(out, at + 2, static_cast<uint16_t>((c.blob_index + 1) | (((c.ci_index >> 16) & 0xff) << 8)));
+        put<uint16_t>(out, at + 2,
+                      static_cast<uint16_t>((c.blob_index + 1) | (((c.ci_index >> 16) & 0xff) << 8)));
         put<uint32_t>(out, at + 4, static_cast<uint32_t>(c.uncompressed_offset / kBlockSize));
         at += kChunkAddrSize;
       }
     } else if (!data.empty()) {
       const uint64_t raw_bytes = std::min<uint64_t>(data.size(), node.raw_blocks * kBlockSize);
-      if (raw_bytes) std::memcpy(out.data() + uint64_t{node.raw_blkaddr} * kBlockSize, data.data(), raw_bytes);
-      if (node.layout == kFlatInline) std::memcpy(out.data() + after, data.data() + raw_bytes, data.size() - raw_bytes);
+      if (raw_bytes)
+        std::memcpy(out.data() + uint64_t{node.raw_blkaddr} * kBlockSize, data.data(), raw_bytes);
+      if (node.layout == kFlatInline)
+        std::memcpy(out.data() + after, data.data() + raw_bytes, data.size() - raw_bytes);
     }
   }
 
   const Bootstrap& b_;
   const std::vector<Inode>& tree_;
-  std::vector<Node> nodes_;       // BFS order
-  std::vector<int64_t> slot_;     // inode index -> position in nodes_, -1 if unreachable
+  std::vector<Node> nodes_;              // BFS order
+  std::vector<int64_t> slot_;            // inode index -> position in nodes_, -1 if unreachable
   std::map<uint64_t, ChunkRef> chunks_;  // (blob index << 32 | ci index) -> chunk
   std::vector<uint32_t> prefetch_;
   std::unordered_set<uint32_t> in_prefetch_;
@@ -691,7 +707,8 @@ class Reader {
     if (meta_start_ > size_) fail("superblock: meta block address lies beyond the bootstrap");
     if (get<uint32_t>(in_, sb + 44) != 0) fail("superblock: shared xattr block address is not 0");
     if (get<uint32_t>(in_, sb + 80) != kIncompat)
-      fail("superblock: incompat features " + std::to_string(get<uint32_t>(in_, sb + 80)) + " are not exactly 0xC");
+      fail("superblock: incompat features " + std::to_string(get<uint32_t>(in_, sb + 80)) +
+           " are not exactly 0xC");
     if (get<uint16_t>(in_, sb + 84) != 0) fail("superblock: union field is not 0");
     devices_ = get<uint16_t>(in_, sb + 86);
     if (get<uint16_t>(in_, sb + 88) != kDevtSlotOff) fail("superblock: device table slot offset is not 11");
@@ -704,9 +721,12 @@ class Reader {
     const uint64_t ext = kExtSuperOffset;
     flags_ = get<uint64_t>(in_, ext);
     const uint64_t compression = flags_ & flag::compression;
-    if (__builtin_popcountll(compression) != 1) fail("ext superblock: flags do not name exactly one compressor");
-    if (__builtin_popcountll(flags_ & flag::hash) != 1) fail("ext superblock: flags do not name exactly one digester");
-    if (flags_ & ~flag::known) fail("ext superblock: unknown flag bits " + std::to_string(flags_ & ~flag::known));
+    if (__builtin_popcountll(compression) != 1)
+      fail("ext superblock: flags do not name exactly one compressor");
+    if (__builtin_popcountll(flags_ & flag::hash) != 1)
+      fail("ext superblock: flags do not name exactly one digester");
+    if (flags_ & ~flag::known)
+      fail("ext superblock: unknown flag bits " + std::to_string(flags_ & ~flag::known));
     out_.compressor = compression == flag::none   ? Compressor::none
                       : compression == flag::lz4  ? Compressor::lz4_block
                       : compression == flag::gzip ? Compressor::gzip
@@ -714,15 +734,16 @@ class Reader {
     out_.inlined_chunk_digest = flags_ & flag::inlined_chunk_digest;
     out_.chunk_size = get<uint32_t>(in_, ext + 20);
     if (!valid_chunk_size(out_.chunk_size))
-      fail("ext superblock: chunk size " + std::to_string(out_.chunk_size) + " is not a power of two in [4096, 16 MiB]");
+      fail("ext superblock: chunk size " + std::to_string(out_.chunk_size) +
+           " is not a power of two in [4096, 16 MiB]");
 
     blob_table_ = {get<uint64_t>(in_, ext + 8), get<uint32_t>(in_, ext + 16)};
     chunk_table_ = {get<uint64_t>(in_, ext + 24), get<uint64_t>(in_, ext + 32)};
     prefetch_table_ = {get<uint64_t>(in_, ext + 40), get<uint32_t>(in_, ext + 48)};
     check_table(blob_table_, "blob table", kBlobEntrySize, true);
     if (blob_table_.second / kBlobEntrySize != devices_)
-      fail("blob table has " + std::to_string(blob_table_.second / kBlobEntrySize) + " entries, the device table " +
-           std::to_string(devices_));
+      fail("blob table has " + std::to_string(blob_table_.second / kBlobEntrySize) +
+           " entries, the device table " + std::to_string(devices_));
     if (chunk_table_.second > 0) {
       check_table(chunk_table_, "chunk table", kChunkInfoSize, true);
       if (overlap(blob_table_, chunk_table_)) fail("blob table overlaps the chunk table");
@@ -744,7 +765,8 @@ class Reader {
   void check_table(const Range& t, const std::string& name, uint64_t unit, bool aligned) const {
     if (t.first < kBlockSize || t.first < device_table_end_ || (aligned && t.first % kBlockSize != 0) ||
         t.second % unit != 0 || t.first > size_ || t.second > size_ - t.first)
-      fail(name + " offset " + std::to_string(t.first) + " / size " + std::to_string(t.second) + " is invalid");
+      fail(name + " offset " + std::to_string(t.first) + " / size " + std::to_string(t.second) +
+           " is invalid");
   }
 
   void read_blobs() {
@@ -754,8 +776,8 @@ class Reader {
       BlobInfo blob;
       blob.blob_id.assign(e.substr(0, 64));
       if (get<uint32_t>(e, 64) != i)
-        fail("blob table entry " + std::to_string(i) + ": blob index " + std::to_string(get<uint32_t>(e, 64)) +
-             " is not its position");
+        fail("blob table entry " + std::to_string(i) + ": blob index " +
+             std::to_string(get<uint32_t>(e, 64)) + " is not its position");
       if (get<uint32_t>(e, 68) != out_.chunk_size)
         fail("blob table entry " + std::to_string(i) + ": chunk size differs from the superblock's");
       blob.chunk_count = get<uint32_t>(e, 72);
@@ -771,9 +793,11 @@ class Reader {
       std::memcpy(blob.blob_toc_digest.data(), e.data() + 136, 32);
       check_blob(blob, i, get<uint32_t>(e, 80), get<uint32_t>(e, 216), tarfs_mode);
 
-      const std::string_view slot = in_.substr(kDeviceTableOffset + uint64_t{kDeviceSlotSize} * i, kDeviceSlotSize);
+      const std::string_view slot =
+          in_.substr(kDeviceTableOffset + uint64_t{kDeviceSlotSize} * i, kDeviceSlotSize);
       if (slot.substr(0, 64) != blob.blob_id)
-        fail("device slot " + std::to_string(i) + ": blob id differs from blob table entry " + std::to_string(i));
+        fail("device slot " + std::to_string(i) + ": blob id differs from blob table entry " +
+             std::to_string(i));
       if (get<uint32_t>(slot, 64) == 0) fail("device slot " + std::to_string(i) + ": blocks is 0");
       for (uint32_t j = 0; j < i; ++j)
         if (out_.blobs[j].blob_id == blob.blob_id)
@@ -803,7 +827,8 @@ class Reader {
       c.uncompressed_offset = get<uint64_t>(e, 56);
       c.file_offset = get<uint64_t>(e, 64);
       c.ci_index = get<uint32_t>(e, 72);
-      if (c.blob_index >= out_.blobs.size()) fail(where + "blob index " + std::to_string(c.blob_index) + " is not in the blob table");
+      if (c.blob_index >= out_.blobs.size())
+        fail(where + "blob index " + std::to_string(c.blob_index) + " is not in the blob table");
       const BlobInfo& blob = out_.blobs[c.blob_index];
       if (flags & ~kKnownChunkFlags) fail(where + "unknown flags " + std::to_string(flags));
       if (c.ci_index >= kMaxChunksPerBlob) fail(where + "chunk index exceeds 2^24");
@@ -818,7 +843,8 @@ class Reader {
         fail(where + "ends beyond its blob's uncompressed size");
       if (!c.compressed && c.compressed_size != c.uncompressed_size)
         fail(where + "not compressed but compressed size differs from uncompressed size");
-      const uint64_t key = chunk_key(c.blob_index, c.ci_index, static_cast<uint32_t>(c.uncompressed_offset / kBlockSize));
+      const uint64_t key =
+          chunk_key(c.blob_index, c.ci_index, static_cast<uint32_t>(c.uncompressed_offset / kBlockSize));
       auto [it, inserted] = chunks_.emplace(key, c);
       if (!inserted) {
         const ChunkRef& o = it->second;
@@ -898,18 +924,21 @@ class Reader {
       const uint8_t name_len = get<uint8_t>(x, at);
       const uint8_t index = get<uint8_t>(x, at + 1);
       const uint16_t value_size = get<uint16_t>(x, at + 2);
-      if (x.size() - at - 4 < uint64_t{name_len} + value_size) fail(w + ": xattr entry runs past the xattr area");
+      if (x.size() - at - 4 < uint64_t{name_len} + value_size)
+        fail(w + ": xattr entry runs past the xattr area");
       const XattrPrefix* prefix = nullptr;
       for (const auto& p : kXattrPrefixes)
         if (p.index == index) prefix = &p;
       if (!prefix) fail(w + ": unknown xattr name index " + std::to_string(index));
+      if (prefix->whole_name && name_len != 0) fail(w + ": POSIX ACL xattr with a name suffix");
       inode.xattrs.emplace_back(std::string(prefix->prefix) + std::string(x.substr(at + 4, name_len)),
                                 std::string(x.substr(at + 4 + name_len, value_size)));
       at = align_up(at + 4 + name_len + value_size, 4);
     }
     std::sort(inode.xattrs.begin(), inode.xattrs.end());
     for (size_t i = 1; i < inode.xattrs.size(); ++i)
-      if (inode.xattrs[i].first == inode.xattrs[i - 1].first) fail(w + ": xattr \"" + inode.xattrs[i].first + "\" appears twice");
+      if (inode.xattrs[i].first == inode.xattrs[i - 1].first)
+        fail(w + ": xattr \"" + inode.xattrs[i].first + "\" appears twice");
   }
 
   // Block `j` of a directory's or symlink's data (the last one shorter), wherever the layout puts it.
@@ -925,14 +954,16 @@ class Reader {
   }
 
   void read_data_inode(RawInode& r, Inode& inode, const std::string& w) {
-    if (r.layout == kChunkBased) fail(w + ": chunk-based layout on a " + (r.type == ft_dir ? "directory" : "symlink"));
+    if (r.layout == kChunkBased)
+      fail(w + ": chunk-based layout on a " + (r.type == ft_dir ? "directory" : "symlink"));
     if (r.size == 0) fail(w + ": " + (r.type == ft_dir ? "directory" : "symlink") + " with size 0");
     if (r.size > size_) fail(w + ": size exceeds the bootstrap");
     charge(r.size, w);
     if (r.type == ft_lnk) {
       if (r.size > kMaxSymlinkLength) fail(w + ": symlink target exceeds 4095 bytes");
       inode.symlink_target = std::string(data_block(r, 0, w));
-      if (inode.symlink_target.find('\0') != std::string::npos) fail(w + ": symlink target contains a NUL byte");
+      if (inode.symlink_target.find('\0') != std::string::npos)
+        fail(w + ": symlink target contains a NUL byte");
     }
     inode.size = r.size;
   }
@@ -944,12 +975,14 @@ class Reader {
       return;
     }
     const uint16_t format = static_cast<uint16_t>(r.u);
-    if ((format & ~(kChunkFormatIndexes | kChunkFormatBitsMask)) || !(format & kChunkFormatIndexes) || (r.u >> 16))
+    if ((format & ~(kChunkFormatIndexes | kChunkFormatBitsMask)) || !(format & kChunkFormatIndexes) ||
+        (r.u >> 16))
       fail(w + ": unsupported chunk format " + std::to_string(r.u));
     const uint64_t fs_chunk = out_.chunk_size;
     const uint32_t bits = kBlockBits + (format & kChunkFormatBitsMask);
     if ((uint64_t{1} << bits) < fs_chunk) fail(w + ": inode chunk size is smaller than the filesystem's");
-    const bool merged = (uint64_t{1} << bits) > fs_chunk;  // nydus-image's next_pow2(size) for contiguous chunks
+    const bool merged =
+        (uint64_t{1} << bits) > fs_chunk;  // nydus-image's next_pow2(size) for contiguous chunks
     // nydusd indexes chunk addresses by the filesystem chunk size, whatever the inode says.
     const uint64_t count = r.size / fs_chunk + (r.size % fs_chunk != 0);
     const uint64_t start = align_up(r.offset + r.isize + r.xattr_size, kChunkAddrSize);
@@ -964,14 +997,16 @@ class Reader {
       const uint32_t blk = get<uint32_t>(a, i * 8 + 4);
       const uint32_t device = hi & 0xff;
       if (device == 0 || device > out_.blobs.size() || (hi & mask) != device)
-        fail(at + " has device id " + std::to_string(device) + ", outside 1.." + std::to_string(out_.blobs.size()));
+        fail(at + " has device id " + std::to_string(device) + ", outside 1.." +
+             std::to_string(out_.blobs.size()));
       const uint32_t blob = device - 1, ci = lo | (static_cast<uint32_t>(hi >> 8) << 16);
       auto it = chunks_.find(chunk_key(blob, ci, blk));
       if (it == chunks_.end())
         fail(at + " (blob " + std::to_string(blob) + ", chunk index " + std::to_string(ci) + ", block " +
              std::to_string(blk) + ") has no entry in the chunk table");
       if (it->second.uncompressed_size != expected_chunk_size(r.size, fs_chunk, i))
-        fail(at + " has size " + std::to_string(it->second.uncompressed_size) + " in the chunk table, the file needs " +
+        fail(at + " has size " + std::to_string(it->second.uncompressed_size) +
+             " in the chunk table, the file needs " +
              std::to_string(expected_chunk_size(r.size, fs_chunk, i)));
       if (merged && i > 0 &&
           (blob != inode.chunks[0].blob_index ||
@@ -1023,7 +1058,8 @@ class Reader {
     while (!queue.empty()) {
       const auto [dir, depth] = queue.front();
       queue.pop_front();
-      if (depth > kMaxDepth) fail(where(raw_[dir].nid, dir) + ": directory depth exceeds " + std::to_string(kMaxDepth));
+      if (depth > kMaxDepth)
+        fail(where(raw_[dir].nid, dir) + ": directory depth exceeds " + std::to_string(kMaxDepth));
       read_dir(dir, depth, add, queue);
     }
   }
@@ -1109,7 +1145,8 @@ class Reader {
       const uint32_t nid = get<uint32_t>(in_, prefetch_table_.first + 4 * i);
       auto it = by_nid_.find(nid);
       if (it == by_nid_.end())
-        fail("prefetch table entry " + std::to_string(i) + ": nid " + std::to_string(nid) + " is not an inode of the tree");
+        fail("prefetch table entry " + std::to_string(i) + ": nid " + std::to_string(nid) +
+             " is not an inode of the tree");
       if (!seen.insert(it->second).second) continue;
       out_.prefetch.push_back(path_of(it->second));
       path_bytes += out_.prefetch.back().size();
@@ -1144,10 +1181,14 @@ const char* compressor_name(Compressor c) {
 }
 
 bool parse_compressor(std::string_view name, Compressor& out) {
-  if (name == "none") out = Compressor::none;
-  else if (name == "zstd") out = Compressor::zstd;
-  else if (name == "lz4_block") out = Compressor::lz4_block;
-  else return false;
+  if (name == "none")
+    out = Compressor::none;
+  else if (name == "zstd")
+    out = Compressor::zstd;
+  else if (name == "lz4_block")
+    out = Compressor::lz4_block;
+  else
+    return false;
   return true;
 }
 

@@ -9,11 +9,13 @@ multilayer (3 layers)
      one to lose a name, one kept), a dir to be made opaque, a file and two dirs to delete,
      xattrs (user.*, security.capability, on a file and a dir), setuid/setgid/sticky,
      char/block devices (incl. minor > 255) and a FIFO, uid/gid > 65535 and > 2^21, PAX
-     nanosecond mtimes on a file, a dir and a symlink, a 1.5 MiB multi-chunk file.
+     nanosecond mtimes on a file, a dir and a symlink, a 1.5 MiB multi-chunk file, two files
+     with the same content (separate inodes), a 3 MiB file of zeros (identical chunks).
   L2 changes: whiteouts of a file, of a whole dir, of a dir to be re-created as a symlink and of
      one name of a hardlink pair; an opaque dir with new content (incl. a new subdir of the
      same name as a hidden one); a new hardlink group of three; a file replaced by a bigger one
-     with another mode; one name of a hardlink pair replaced; a dir whose mode and owner change.
+     with another mode; one name of a hardlink pair replaced; a dir whose mode and owner change;
+     a file with the content of L1's bin/busybox, which L2 replaces (cross-layer duplicate).
   L3 re-creations: a deleted file path as a dir (file->dir), a deleted dir path as a symlink
      (dir->symlink), whiteouts of an L2 file and L2 dir (the dir re-created as a file in the same
      layer), type changes without whiteouts (file->symlink, symlink->file, dir->symlink,
@@ -129,6 +131,10 @@ def multilayer(outdir):
         _add(tf, "time/whole", data=b"whole seconds\n", mtime=T1 - 12345)
         _add(tf, "sticky/", "dir", mode=0o1777)
         _add(tf, "empty", data=b"")
+        _add(tf, "dup/", "dir", mode=0o755)                  # same content, separate inodes
+        _add(tf, "dup/a", data=rand_bytes("dup", 70_000))
+        _add(tf, "dup/b", data=rand_bytes("dup", 70_000), mode=0o600)
+        _add(tf, "dup/zeros", data=bytes(3 * MiB + 100))    # identical chunks inside one file
 
     def l2(tf):
         _add(tf, "etc/", "dir", mode=0o755, mtime=T2)
@@ -155,6 +161,9 @@ def multilayer(outdir):
         _add(tf, "bin/", "dir", mode=0o755, mtime=T2)
         _add(tf, "bin/busybox", data=text_bytes("busybox/v2", 2 * MiB + 77) + rand_bytes("bb2", 3000),
              mode=0o755, mtime=T2)
+        _add(tf, "dup/", "dir", mode=0o755, mtime=T2)
+        _add(tf, "dup/old-busybox", data=rand_bytes("busybox/v1", MiB // 2) + text_bytes("busybox/v1t", MiB),
+             mtime=T2)                                      # the content of L1's bin/busybox
 
     def l3(tf):
         _add(tf, "./", "dir", mode=0o751, mtime=T3)          # the root's metadata changes

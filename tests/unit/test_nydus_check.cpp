@@ -98,9 +98,10 @@ void make_source(const std::string& dir) {
 }
 
 ImageConvertResult convert(const std::string& src, const std::string& dst, unsigned threads,
-                           const std::string& compressor = "zstd") {
+                           const std::string& compressor = "zstd", std::vector<std::string> prefetch = {}) {
   NydusFormat format;
   ImageConvertOptions options;
+  options.layer.prioritized_files = std::move(prefetch);
   options.layer.threads = threads;
   options.layer.nydus.chunk_size = 4096;
   options.layer.nydus.compressor = compressor;
@@ -330,4 +331,17 @@ TEST_CASE("check names each deliberate fault", "[nydus_check]") {
     CHECK_FALSE(report.ok());
     CHECK(has_fault(report, "blob 0"));
   }
+}
+
+TEST_CASE("a prefetch list becomes the bootstrap's prefetch table, in its order", "[nydus_check]") {
+  TempDir tmp;
+  make_source(tmp.path() + "/src");
+  convert(tmp.path() + "/src", tmp.path() + "/dst", 1, "zstd", {"/usr/bin/tool", "opt/new", "/no/such/file", "/etc"});
+  Image image = load(tmp.path() + "/dst");
+  // Paths missing from the merged tree are left out; a relative path is taken from the root.
+  CHECK(image.bootstrap.prefetch == std::vector<std::string>{"/usr/bin/tool", "/opt/new", "/etc"});
+  CHECK(check(tmp.path() + "/dst").ok());
+  // Without a list there is no table.
+  convert(tmp.path() + "/src", tmp.path() + "/none", 1);
+  CHECK(load(tmp.path() + "/none").bootstrap.prefetch.empty());
 }

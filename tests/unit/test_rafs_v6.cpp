@@ -347,7 +347,9 @@ TEST_CASE("rafs: link counts, inode numbers and layouts on disk", "[rafs]") {
     std::string name = end ? bytes.substr(d + off, end - off) : std::string(bytes.c_str() + d + off);
     nids[name] = get<uint64_t>(bytes, d + 12 * k);
   }
-  auto nlink = [&](const std::string& name) { return get<uint32_t>(bytes, inode_offset(bytes, nids.at(name)) + 44); };
+  auto nlink = [&](const std::string& name) {
+    return get<uint32_t>(bytes, inode_offset(bytes, nids.at(name)) + 44);
+  };
   CHECK(nids.at(".") == get<uint16_t>(bytes, 1024 + 14));
   CHECK(nids.at("..") == nids.at("."));
   CHECK(nlink(".") == 2 + 2);  // big, etc
@@ -581,7 +583,8 @@ TEST_CASE("rafs: the reader names each fault of a corrupted bootstrap", "[rafs]"
   }
   SECTION("chunk address missing from the chunk table") {
     set<uint32_t>(b, s.file_chunk_addr() + 4, 3);  // a block no chunk of blob 0 starts at
-    CHECK_THAT(read_error(b), Catch::Contains("chunk 0 (blob 0, chunk index 0, block 3) has no entry in the chunk table"));
+    CHECK_THAT(read_error(b),
+               Catch::Contains("chunk 0 (blob 0, chunk index 0, block 3) has no entry in the chunk table"));
     CHECK_THAT(read_error(b), Catch::Contains("(/b2)"));
   }
   SECTION("chunk address with a device id out of range") {
