@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <map>
+#include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <unordered_map>
@@ -17,6 +18,10 @@ namespace accel::convert {
 namespace {
 
 constexpr std::string_view kWhiteoutPrefix = ".wh.";
+// A hardlink whose target is in a lower layer: in the layer's own bootstrap it is an empty file
+// carrying the target's path in this xattr, and the merge makes it a name of the lower inode.
+// Only our merge reads layer bootstraps, and the merged bootstrap never carries it.
+constexpr std::string_view kLowerLinkXattr = "trusted.accel-proxy.lower-hardlink";
 constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
 constexpr size_t kMaxPathDepth = 4096;
 
@@ -109,13 +114,20 @@ class LayerTree {
     paths_[path] = index;
   }
 
-  void add_hardlink(const std::string& path, const std::string& target) {
+  void add_hardlink(const TarEntry& entry, const std::string& path, const std::string& target) {
+    if (path.empty() || target.empty()) throw ConvertError("hardlink '" + entry.name + "' names the root directory");
     auto it = paths_.find(target);
-    if (it == paths_.end() || !reachable(target, it->second))
-      throw ConvertError("hardlink '" + path + "' points at '" + target +
-                         "', which is not in the same layer (a Nydus layer bootstrap cannot express that)");
+    if (it == paths_.end() || !reachable(target, it->second)) {
+      // Not in this layer: a lower layer's file, resolved when the layers are merged.
+      TarEntry marker = entry;
+      marker.type = EntryType::regular;
+      marker.size = 0;
+      marker.xattrs.clear();
+      add(marker, path, std::nullopt);
+      nodes_[paths_[path]].inode.xattrs = {{std::string(kLowerLinkXattr), target}};
+      return;
+    }
     if (is_dir(nodes_[it->second].inode)) throw ConvertError("hardlink '" + path + "' points at a directory");
-    if (path.empty()) throw ConvertError("hardlink for the root directory");
     uint32_t parent = ensure_dir(parent_of(path));
     nodes_[parent].children[std::string(base_of(path))] = it->second;
     paths_[path] = it->second;
@@ -159,7 +171,10 @@ class LayerTree {
     }
     inode.dev_major = entry.dev_major;
     inode.dev_minor = entry.dev_minor;
-    for (const auto& [k, v] : entry.xattrs) inode.xattrs.emplace_back(k, v);  // std::map: sorted
+    for (const auto& [k, v] : entry.xattrs) {  // std::map: sorted
+      if (k == kLowerLinkXattr) throw ConvertError("tar entry '" + path + "' carries the reserved xattr " + k);
+      inode.xattrs.emplace_back(k, v);
+    }
     return inode;
   }
 
@@ -304,10 +319,33 @@ class Overlay {
           slot->inode = without_children(src);
         }
         apply_dir(*slot, tree, index, depth + 1);
+      } else if (auto target = lower_link_target(src)) {
+        dst.children[name] = resolve_lower(*target, name);
       } else {
         dst.children[name] = node_for(tree, index);
       }
     }
+  }
+
+  static std::optional<std::string> lower_link_target(const rafs::Inode& inode) {
+    if (inode.xattrs.size() != 1 || inode.xattrs[0].first != kLowerLinkXattr) return std::nullopt;
+    return inode.xattrs[0].second;
+  }
+
+  // The merged tree's file at `path` (below this layer), which a hardlink of this layer names.
+  std::shared_ptr<MergedNode> resolve_lower(const std::string& path, const std::string& link_name) {
+    std::shared_ptr<MergedNode> at = root_;
+    size_t i = 0;
+    while (at && i < path.size()) {
+      size_t slash = path.find('/', i);
+      if (slash == std::string::npos) slash = path.size();
+      auto it = at->children.find(path.substr(i, slash - i));
+      at = it == at->children.end() ? nullptr : it->second;
+      i = slash + 1;
+    }
+    if (!at || is_dir(at->inode))
+      throw ConvertError("hardlink '" + link_name + "' points at '" + path + "', which no lower layer has as a file");
+    return at;
   }
 
   // One merged node per layer inode, so the names of a hardlink keep sharing it.
@@ -387,7 +425,7 @@ ConvertedLayer NydusFormat::convert_layer(ByteSource& tar, ByteSink& out, const 
   while (reader.next(entry)) {
     std::string path = clean_path(entry.name);
     if (entry.type == EntryType::hardlink) {
-      tree.add_hardlink(path, clean_path(entry.link_name));
+      tree.add_hardlink(entry, path, clean_path(entry.link_name));
       continue;
     }
     std::optional<uint32_t> file;
