@@ -39,7 +39,7 @@ cmake --build build-asan -j"$jobs" --target accel-proxy
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
-fuzz_targets=(range route upstream_json tar estargz rafs nydus_blob)
+fuzz_targets=(range route upstream_json tar estargz rafs nydus_blob nydus)
 cmake --build build-fuzz -j"$jobs" --target "${fuzz_targets[@]/#/fuzz-}"
 for target in "${fuzz_targets[@]}"; do
   work=$(mktemp -d)

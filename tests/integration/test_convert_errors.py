@@ -4,7 +4,7 @@ Every case: exit status 1, an "error:" line naming the problem, and nothing at t
 destination (no tag in the registry / no manifest in the OCI layout, an existing tag left as
 it was, no output file from convert-layer, no temporary files left behind).
 
-Bad inputs: a truncated gzip layer, a corrupt tar header, a config diff_id that does not
+Both formats (eStargz and Nydus) are held to this. Bad inputs: a truncated gzip layer, a corrupt tar header, a config diff_id that does not
 match the layer, a tar bomb past --max-layer-bytes, '..' in an entry name or a hardlink
 target, and (oci: source) blobs on disk that do not match their digests or are missing.
 """
@@ -120,11 +120,13 @@ def workdir(tmp_path):
 
 # ---- registry source -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("fmt", ["estargz", "nydus"])
 @pytest.mark.parametrize("dst_kind", ["docker", "oci"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_convert_bad_layer_from_registry(case, dst_kind, open_registry, tmp_path, workdir):
+def test_convert_bad_layer_from_registry(case, dst_kind, fmt, open_registry, tmp_path, workdir):
     layers, diff_ids, args, expect = build_case(case)
-    repo = f"errors/{case}-{dst_kind}"
+    args = [*args, "--format", fmt]  # the last --format given wins
+    repo = f"errors/{case}-{dst_kind}-{fmt}"
     et.push_layers_image(open_registry.url, repo, "v1", layers, diff_ids=diff_ids, seed=case)
     host = host_of(open_registry)
     layout = tmp_path / "out"
@@ -294,9 +296,11 @@ LAYER_CASES = {
 }
 
 
+@pytest.mark.parametrize("fmt", ["estargz", "nydus"])
 @pytest.mark.parametrize("case", list(LAYER_CASES))
-def test_convert_layer_rejects(case, tmp_path):
+def test_convert_layer_rejects(case, fmt, tmp_path):
     make, suffix, args, expect = LAYER_CASES[case]
+    args = [*args, "--format", fmt]
     src = tmp_path / ("input" + suffix)
     src.write_bytes(make())
     outdir = tmp_path / "out"
