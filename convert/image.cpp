@@ -372,6 +372,7 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
     manifest["subject"] = {{"mediaType", original.media_type}, {"digest", original.digest}, {"size", original.bytes.size()}};
   auto bytes = manifest_bytes(manifest, media_type::oci_manifest);
   target.put_manifest(bytes, "");
+  totals.manifests.push_back({original.digest, {bytes.media_type, bytes.digest, bytes.bytes.size()}});
   if (options_.progress) options_.progress({"manifest-done", bytes.digest, 0, 0, 0, 0});
   return {{{"mediaType", bytes.media_type}, {"digest", bytes.digest}, {"size", bytes.bytes.size()}}, false, bytes};
 }
@@ -412,6 +413,8 @@ ImageConvertResult ImageConverter::convert(ImageSource& source, const std::strin
     } else {
       nlohmann::json new_index = {{"schemaVersion", 2}, {"mediaType", media_type::oci_index}, {"manifests", children}};
       if (index.contains("annotations")) new_index["annotations"] = index["annotations"];
+      if (options_.subject)
+        new_index["subject"] = {{"mediaType", top.media_type}, {"digest", top.digest}, {"size", top.bytes.size()}};
       result.manifest = manifest_bytes(new_index, media_type::oci_index);
     }
   }

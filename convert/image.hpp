@@ -104,8 +104,17 @@ struct ImageConvertOptions {
   bool subject = true;
 };
 
+// One image manifest the walk converted: its source and what it became.
+struct ConvertedManifest {
+  std::string source_digest;
+  Descriptor result;
+};
+
 struct ImageConvertResult {
   ManifestBytes manifest;  // the new top-level manifest or index
+  // Every image manifest converted, also the children of an index (each names its source as
+  // `subject`, so a cache can list it among the source's referrers).
+  std::vector<ConvertedManifest> manifests;
   bool already_converted = false;  // every layer was already in the format: nothing changed
   size_t layers_converted = 0, layers_kept = 0, layers_reused = 0;
   uint64_t bytes_in = 0, bytes_out = 0;  // compressed source read, new blobs written

@@ -265,7 +265,7 @@ class Overlay {
     // A layer without an entry for "./" has the implied root (0755, root-owned, time 0), which
     // leaves the lower layers' root as it is, as containerd's apply does.
     if (!is_implied_root(tree.inodes[0])) root_->inode = without_children(tree.inodes[0]);
-    apply_dir(*root_, tree, 0, 0);
+    apply_dir(*root_, tree, 0, "");
   }
 
   // The merged tree with blob indexes renumbered to the kept blobs; `used` gets, per layer,
@@ -295,8 +295,8 @@ class Overlay {
     return copy;
   }
 
-  void apply_dir(MergedNode& dst, const rafs::Tree& tree, uint32_t dir, size_t depth) {
-    if (depth > kMaxPathDepth) throw ConvertError("directory tree deeper than 4096 levels");
+  void apply_dir(MergedNode& dst, const rafs::Tree& tree, uint32_t dir, const std::string& path) {
+    if (path.size() > 4096 * 256) throw ConvertError("directory tree too deep");
     const auto& children = tree.inodes[dir].children;
     // Whiteouts first: they hide what the lower layers have, never what this layer adds.
     for (const auto& [name, index] : children) {
@@ -318,9 +318,9 @@ class Overlay {
           slot = std::make_shared<MergedNode>();
           slot->inode = without_children(src);
         }
-        apply_dir(*slot, tree, index, depth + 1);
+        apply_dir(*slot, tree, index, path + name + "/");
       } else if (auto target = lower_link_target(src)) {
-        dst.children[name] = resolve_lower(*target, name);
+        dst.children[name] = resolve_lower(*target, path + name);
       } else {
         dst.children[name] = node_for(tree, index);
       }

@@ -348,6 +348,19 @@ void Conversions::run(ConversionJob& job) {
     record.blobs.erase(std::unique(record.blobs.begin(), record.blobs.end()), record.blobs.end());
     record.created = unix_now();
     cache_.put_manifest_variant(cache_key, record);
+    // The platform manifests of an index are variants of their own sources too, so the
+    // Referrers API of a source platform manifest lists its converted one (nydus-snapshotter
+    // asks by the platform manifest's digest). They need the image's blobs as the index does.
+    for (const auto& m : result.manifests) {
+      if (m.source_digest == key.source_digest) continue;
+      ConversionKey child = key;
+      child.source_digest = m.source_digest;
+      cache::VariantRecord child_record = record;
+      child_record.digest = m.result.digest;
+      child_record.media_type = m.result.media_type;
+      child_record.size = m.result.size;
+      cache_.put_manifest_variant(this->cache_key(child), child_record);
+    }
     cache_.clear_failure(cache_key);
     cache_.evict();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

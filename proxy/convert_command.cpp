@@ -450,6 +450,13 @@ int run_check_command(const std::vector<std::string_view>& args) {
     }
     if (positional.size() != 1) throw ConvertError("expected one IMAGE (see accel-proxy check --help)");
     Location where = parse_location(positional[0]);
+    if (where.tag_or_digest.empty() && where.oci) {
+      // A layout holding one untagged image (skopeo copy ... oci:DIR) is checked as it is.
+      auto index = nlohmann::json::parse(read_text_file(where.dir + "/index.json"), nullptr, false);
+      if (index.is_object() && index.contains("manifests") && index["manifests"].is_array() &&
+          index["manifests"].size() == 1)
+        where.tag_or_digest = index["manifests"][0].value("digest", "");
+    }
     if (where.tag_or_digest.empty()) where.tag_or_digest = "latest";
     std::unique_ptr<convert::ImageSource> source;
     if (where.oci) source = std::make_unique<convert::OciLayout>(where.dir, false);

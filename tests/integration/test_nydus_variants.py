@@ -10,24 +10,30 @@ expects (research/nydus.md 1.1-1.3a):
 - config rootfs.diff_ids = the blob digests + the bootstrap tar's digest;
 - `subject` = the source manifest's descriptor.
 
-1. A one-platform image and a 2-platform index: converted on the first GET (metrics and the
-   conversion listing), every object downloadable and matching its digest, `accel-proxy check`
-   through the proxy exits 0; the second GET is a cache hit.
+1. A one-platform image (with a layer without file data), a Docker schema2 image and a
+   2-platform index: converted on the first GET (metrics and the conversion listing), every
+   object downloadable and matching its digest, the bootstrap's blob table (read here, not by
+   the proxy's code) naming the blob layers, `accel-proxy check` through the proxy exits 0;
+   the second GET is a cache hit; 8 concurrent first GETs share one conversion.
 2. skopeo copies the variant to an oci: layout; `accel-proxy check oci:DIR` accepts the copy.
 3. Range on a cached Nydus blob: the TOC at the end, multipart, HEAD, 416.
 4. Token registry: alice converts and reads; bob and anonymous get nothing of a private
-   repository's variant, also by digest, by Range, and through a repository bob may read.
+   repository's variant (manifest, blobs by digest, Range, referrers), also not through a
+   repository bob may read.
 5. Referrers: the Nydus manifest is listed FIRST for its source digest (also with an eStargz
    variant converted before it and an upstream referrer in the `sha256-<hex>` fallback tag),
-   and its last layer carries the bootstrap annotation (nydus-snapshotter's checkReferrer).
+   and its last layer carries the bootstrap annotation (nydus-snapshotter's checkReferrer);
+   for an index source also for each platform's manifest (the digest the snapshotter asks
+   about: containerd's cri.manifest-digest label), and the listed Nydus index has `subject`.
 6. The mirror header and the Accept parameter on the plain tag.
-7. A layer the Nydus converter refuses (a hardlink to a file of a lower layer): a clear OCI
-   error (wait, reject) or the original (fallback), nothing cached, a retry only after the
-   backoff.
+7. A hardlink to a file of a lower layer converts; one to a file no layer has is refused: a
+   clear OCI error naming it (wait, reject) or the original (fallback), no variant cached, a
+   retry only after the backoff.
 """
 import gzip
 import io
 import json
+import struct
 import subprocess
 import tarfile
 import time
@@ -110,13 +116,25 @@ def ordered(registry):
 
 @pytest.fixture(scope="module")
 def broken(registry):
-    """Layer 2 hardlinks a file of layer 1: valid OCI (eStargz keeps the tar entry), but a
-    Nydus layer bootstrap cannot express it, so the Nydus converter refuses the layer."""
+    """Layer 2 hardlinks a file that no layer has: a Nydus bootstrap cannot express the link
+    (the merge finds no inode to name), so the Nydus conversion fails."""
     lower = et.tar_bytes([("etc/base", b"base file\n")])
+    upper = et.tar_bytes([("etc/other", b"other\n"),
+                          ("etc/link", {"type": tarfile.LNKTYPE, "linkname": "etc/missing"}, b"")])
+    pairs = [(et.gzip_bytes(lower), lower), (et.gzip_bytes(upper), upper)]
+    return push_bytes_image(registry.url, requests.Session(), BROKEN_REPO, TAG, pairs, "ny-broken")
+
+
+@pytest.fixture(scope="module")
+def lower_link(registry):
+    """Layer 2 hardlinks a file of layer 1 (valid OCI): the Nydus merge makes it a second name
+    of the lower inode."""
+    lower = et.tar_bytes([("etc/base", b"base file\n" * 100)])
     upper = et.tar_bytes([("etc/other", b"other\n"),
                           ("etc/link", {"type": tarfile.LNKTYPE, "linkname": "etc/base"}, b"")])
     pairs = [(et.gzip_bytes(lower), lower), (et.gzip_bytes(upper), upper)]
-    return push_bytes_image(registry.url, requests.Session(), BROKEN_REPO, TAG, pairs, "ny-broken")
+    return push_bytes_image(registry.url, requests.Session(), "ny/lowerlink", TAG, pairs,
+                            "ny-lowerlink")
 
 
 def variants(**overrides):
@@ -185,6 +203,27 @@ def check_nydus_blob_bytes(data):
     assert header[257:265] == b"ustar  \0", f"not a GNU tar header: {header[257:265]!r}"
 
 
+def blob_table(bootstrap):
+    """The RAFS v6 blob table of a bootstrap, read independently of the proxy's code
+    (research/nydus.md 2.3-2.5): [{id, index, features, ci_offset, ci_csize}], checked
+    against the device table (slot i names blob i)."""
+    table_offset, table_size = struct.unpack_from("<QI", bootstrap, 1160)
+    assert table_size % 256 == 0 and table_offset % 4096 == 0, (table_offset, table_size)
+    assert table_offset + table_size <= len(bootstrap)
+    out = []
+    for i in range(table_size // 256):
+        at = table_offset + 256 * i
+        blob_id = bootstrap[at:at + 64].decode("ascii")
+        index, = struct.unpack_from("<I", bootstrap, at + 64)
+        features, = struct.unpack_from("<I", bootstrap, at + 84)
+        ci_offset, ci_csize = struct.unpack_from("<QQ", bootstrap, at + 112)
+        device_id = bootstrap[1408 + 128 * i:1408 + 128 * i + 64].decode("ascii")
+        assert device_id == blob_id, f"device slot {i} names {device_id}, blob {i} is {blob_id}"
+        out.append({"id": blob_id, "index": index, "features": features,
+                    "ci_offset": ci_offset, "ci_csize": ci_csize})
+    return out
+
+
 def check_nydus_image(proxy, repo, manifest_bytes, source, auth=None):
     """Check one Nydus image manifest (bytes, as served) against its source (PushedImage):
     layers, annotations, config, subject, every blob by digest. Returns {digest: bytes}."""
@@ -223,6 +262,18 @@ def check_nydus_image(proxy, repo, manifest_bytes, source, auth=None):
     bootstrap = members["image/image.boot"]
     assert bootstrap[1024:1028] == EROFS_MAGIC, "image.boot has no EROFS superblock"
     assert len(bootstrap) % 4096 == 0, f"image.boot is {len(bootstrap)} bytes"
+    # The merged bootstrap names blobs by their layer digests (nydusd fetches
+    # /v2/<repo>/blobs/sha256:<id>), in position, without INLINED_FS_META, and each blob's
+    # chunk-info array plus its 4096-byte header lies inside that blob.
+    blob_layers = {l["digest"][7:]: l for l in layers[:-1]}
+    table = blob_table(bootstrap)
+    for i, entry in enumerate(table):
+        assert entry["id"] in blob_layers, f"blob {i} {entry['id']} is no layer of the manifest"
+        assert entry["index"] == i
+        assert not entry["features"] & 0x2, f"blob {i} still has INLINED_FS_META"
+        size = blob_layers[entry["id"]]["size"]
+        assert entry["ci_offset"] + entry["ci_csize"] + 4096 <= size, (entry, size)
+    assert len({e["id"] for e in table}) == len(table), "a blob is listed twice"
     config = json.loads(got[manifest["config"]["digest"]])
     assert manifest["config"]["mediaType"] == images.OCI_CONFIG
     assert config["rootfs"]["diff_ids"] == [l["digest"] for l in layers[:-1]] + [ve.sha256(tar)], \
@@ -232,6 +283,7 @@ def check_nydus_image(proxy, repo, manifest_bytes, source, auth=None):
                                      "comment": "Nydus Bootstrap Layer"}
     rest = {k: v for k, v in config.items() if k not in ("rootfs", "history")}
     assert rest == {k: v for k, v in src_config.items() if k not in ("rootfs", "history")}
+    got["blob_table"] = [e["id"] for e in table]
     return got
 
 
@@ -249,7 +301,7 @@ def skopeo_to_oci(ref, dest, all_images):
     argv = ["/usr/bin/skopeo", "--insecure-policy", "copy", "--src-tls-verify=false"]
     if all_images:
         argv.append("--all")
-    argv += [f"docker://{ref}", f"oci:{dest}"]
+    argv += [f"docker://{ref}", f"oci:{dest}:latest"]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(dest) + ".home",
            "REGISTRY_AUTH_FILE": str(dest) + ".auth.json"}
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
@@ -285,6 +337,9 @@ def test_single_manifest_converted_on_first_get(vproxy, single, single_variant, 
     # The incompressible file went into its blob (about its size).
     blob_sizes = [len(objects[l["digest"]]) for l in json.loads(resp.content)["layers"][:-1]]
     assert BIG_FILE <= blob_sizes[1] < BIG_FILE + 64 * 1024, blob_sizes
+    # The layer without file data has a blob layer but no blob in the bootstrap's table.
+    layers = json.loads(resp.content)["layers"]
+    assert objects["blob_table"] == [layers[0]["digest"][7:], layers[1]["digest"][7:]]
 
     check = run_check(f"docker://{host(vproxy)}/{SINGLE_REPO}:{TAG}{SUFFIX}", tmp_path,
                       "--tls-verify=false")
@@ -324,7 +379,6 @@ def test_index_converted_on_first_get(vproxy, index, index_variant, tmp_path):
     assert resp.headers["Content-Type"] == images.OCI_INDEX
     assert top["mediaType"] == images.OCI_INDEX
     assert ve.sha256(resp.content) != index.digest
-    assert top.get("subject") == descriptor_of(index), top.get("subject")
     assert [d.get("platform") for d in top["manifests"]] == \
         [d.get("platform") for d in src_top["manifests"]]
     bootstraps = []
@@ -352,6 +406,38 @@ def test_index_converted_on_first_get(vproxy, index, index_variant, tmp_path):
     assert again.status_code == 200 and again.content == resp.content
     assert conversions(vproxy) == before_conv
     assert hits(vproxy) >= before_hits + 1
+
+
+def test_docker_schema2_source(vproxy, registry, tmp_path):
+    """A Docker schema2 source: the variant is an OCI manifest (layer annotations survive),
+    its subject keeps the Docker media type."""
+    pairs = [images.make_layer(images.generated_files("ny-docker", count=4))]
+    body, blobs, media_type = et.image_blobs(pairs, docker=True, seed="ny-docker")
+    source = images.Pusher(registry.url, requests.Session()).push_image(
+        "ny/docker", TAG, body, blobs, media_type)
+    resp = ve.get_manifest(vproxy, "ny/docker", TAG + SUFFIX)
+    assert resp.status_code == 200, resp.text[:300]
+    check_nydus_image(vproxy, "ny/docker", resp.content, source)
+    assert resp.json()["subject"]["mediaType"] == images.DOCKER_MANIFEST
+    check = run_check(f"docker://{host(vproxy)}/ny/docker:{TAG}{SUFFIX}", tmp_path,
+                      "--tls-verify=false")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_concurrent_first_requests_share_one_conversion(vproxy, registry):
+    from concurrent.futures import ThreadPoolExecutor
+    pairs = [images.make_layer(images.generated_files("ny-concurrent", count=6)),
+             ve.random_layer("ny-concurrent", 2_500_000)]  # three 1 MiB chunks
+    source = push_bytes_image(registry.url, requests.Session(), "ny/concurrent", TAG, pairs,
+                              "ny-concurrent")
+    before = conversions(vproxy, "done")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: ve.get_manifest(vproxy, "ny/concurrent", TAG + SUFFIX),
+                                range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert len({a.content for a in answers}) == 1
+    assert conversions(vproxy, "done") == before + 1, "the requests did not share one conversion"
+    check_nydus_image(vproxy, "ny/concurrent", answers[0].content, source)
 
 
 # ---- 2. skopeo to an OCI layout ------------------------------------------------------------
@@ -484,7 +570,7 @@ def test_authorization_per_client(tmp_path_factory, token_registry, auth_sources
         assert r.status_code == 200, (r.status_code, r.text[:300])
         assert conversions(proxy, "done") == 2
 
-        secrets = [resp.content] + list(objects.values())
+        secrets = [resp.content] + [v for v in objects.values() if isinstance(v, bytes)]
         for user in ("bob", None):
             who = user or "anonymous"
             auth = client_token(proxy, user, repo)
@@ -505,9 +591,19 @@ def test_authorization_per_client(tmp_path_factory, token_registry, auth_sources
                                  headers={"Authorization": pub_auth,
                                           "Accept": ve.MANIFEST_ACCEPT})
                 assert_denied(r, f"{who} {pub}/{kind}/{digest}", secrets, (401, 403, 404))
+            # Its referrers do not name the variant to a client that may not read the source.
+            r = requests.get(f"{proxy.url}/v2/{repo}/referrers/{auth_sources['private'].digest}",
+                             headers={"Authorization": auth}, timeout=30)
+            assert_denied(r, f"{who} referrers of {repo}", secrets)
+            assert variant_digest.encode() not in r.content
             # Without any credentials: a 401 pointing at the proxy.
             r = get_blob(proxy, repo, nydus_blobs[0])
             assert_denied(r, f"no token {repo}@{nydus_blobs[0]}", secrets, (401,))
+        # alice sees the variant among the referrers of her source.
+        r = requests.get(f"{proxy.url}/v2/{repo}/referrers/{auth_sources['private'].digest}",
+                         headers={"Authorization": alice}, timeout=30)
+        assert r.status_code == 200, (r.status_code, r.text[:300])
+        assert [d["digest"] for d in r.json()["manifests"]][:1] == [variant_digest]
         # alice still reads (cached), and nothing was converted again.
         r = get_blob(proxy, repo, nydus_blobs[-1], auth=alice, headers={"Range": "bytes=0-9"})
         assert r.status_code == 206 and r.content == objects[nydus_blobs[-1]][:10]
@@ -575,6 +671,8 @@ def test_referrers_nydus_first_with_estargz_and_upstream_referrer(vproxy, single
     # Filtered to Nydus: only the Nydus variant.
     only = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={NYDUS_ARTIFACT_TYPE}")
     assert [d["digest"] for d in only["manifests"]] == [nydus_digest]
+    sboms = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={SBOM}")
+    assert [d["digest"] for d in sboms["manifests"]] == [upstream_referrer.digest]
 
 
 def test_referrers_nydus_first_when_estargz_was_converted_before(vproxy, ordered):
@@ -597,6 +695,19 @@ def test_referrers_of_a_platform_manifest_list_its_nydus_manifest(vproxy, index,
     top = index_variant.json()
     for d, child in zip(top["manifests"], index.children):
         check_referrer_like_snapshotter(vproxy, INDEX_REPO, child.digest, d["digest"])
+
+
+def test_referrers_of_an_index_list_its_nydus_index_with_subject(vproxy, index, index_variant):
+    """The referrers of the source index list the Nydus index first; a referrer is a manifest
+    whose `subject` names that digest (distribution spec 1.1), so the variant index must carry
+    it, like the converted image manifests do."""
+    body = get_referrers(vproxy, INDEX_REPO, index.digest)
+    want = ve.sha256(index_variant.content)
+    assert body["manifests"] and body["manifests"][0]["digest"] == want, body
+    assert body["manifests"][0]["mediaType"] == images.OCI_INDEX
+    assert index_variant.json().get("subject") == descriptor_of(index), \
+        f"listed as a referrer of {index.digest}, but its subject is " \
+        f"{index_variant.json().get('subject')}"
 
 
 # ---- 6. mirror header and Accept parameter -------------------------------------------------
@@ -632,20 +743,39 @@ def test_plain_index_tag_with_header(vproxy, index, index_variant):
 
 # ---- 7. a layer the converter refuses ------------------------------------------------------
 
+def test_hardlink_to_a_lower_layer_converts(vproxy, lower_link, tmp_path):
+    resp = ve.get_manifest(vproxy, "ny/lowerlink", TAG + SUFFIX)
+    assert resp.status_code == 200, resp.text[:300]
+    check_nydus_image(vproxy, "ny/lowerlink", resp.content, lower_link)
+    check = run_check(f"docker://{host(vproxy)}/ny/lowerlink:{TAG}{SUFFIX}", tmp_path,
+                      "--tls-verify=false")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def start_broken_proxy(tmp_path_factory, registry, name, **overrides):
     return ve.running_variant_proxy(tmp_path_factory.mktemp(name), [upstream("main", registry.url)],
                                     variants(**overrides))
 
 
-def assert_nothing_cached_for(proxy, source):
-    """No variant of the source is recorded, and the cache is consistent."""
-    problems, idx = ve.cache_problems(ve.cache_dir(proxy))
-    assert problems == [], problems
-    for key, record in idx["manifest_variants"].items():
-        assert source.digest not in key, f"a variant of the failed source is cached: {key}"
+def assert_no_variant_listed(proxy, source):
     for entry in listing(proxy):
         if entry["source"] == source.digest:
             assert entry["state"] == "failed", entry
+
+
+def assert_nothing_cached_for(proxy, source, converted):
+    """After the proxy stopped (the cache is locked while it runs): the cache is consistent,
+    holds no variant of the failed source, and does hold the one of `converted` (so the
+    check can tell)."""
+    problems, idx = ve.cache_problems(ve.cache_dir(proxy))
+    assert problems == [], problems
+    keys = list(idx["manifest_variants"])
+    assert not [k for k in keys if source.digest in k], f"a variant of the failed source: {keys}"
+    assert [k for k in keys if converted.digest in k], f"the good image's variant is missing: {keys}"
+
+
+def error_message(resp):
+    return " ".join(e.get("message", "") for e in resp.json()["errors"])
 
 
 def failure_lines(proxy):
@@ -653,7 +783,7 @@ def failure_lines(proxy):
 
 
 @pytest.mark.parametrize("mode", ["wait", "reject"])
-def test_refused_layer_gives_a_clear_error(tmp_path_factory, registry, broken, mode):
+def test_refused_layer_gives_a_clear_error(tmp_path_factory, registry, broken, lower_link, mode):
     with start_broken_proxy(tmp_path_factory, registry, f"proxy-nydus-broken-{mode}", on_miss=mode,
                             wait_limit="30s", retry_backoff="2s") as proxy:
         resp = ve.get_manifest(proxy, BROKEN_REPO, TAG + SUFFIX)
@@ -661,19 +791,24 @@ def test_refused_layer_gives_a_clear_error(tmp_path_factory, registry, broken, m
             assert_oci_error(resp.status_code, resp.content, {404}, {"MANIFEST_UNKNOWN"})
             ve.wait_until(lambda: conversions(proxy, "failed") >= 1, 30, "the failed conversion")
         else:
-            assert_oci_error(resp.status_code, resp.content, {502, 503, 404})
+            assert_oci_error(resp.status_code, resp.content, {502, 503})
+            assert "etc/missing" in error_message(resp), resp.text
         assert conversions(proxy, "failed") == 1 and conversions(proxy, "done") == 0
         lines = failure_lines(proxy)
-        assert len(lines) == 1 and "hardlink" in lines[0], lines
+        assert len(lines) == 1 and "etc/missing" in lines[0], lines
         entries = [c for c in listing(proxy) if c["source"] == broken.digest]
         assert entries and entries[0]["format"] == FORMAT and entries[0]["state"] == "failed"
-        assert "hardlink" in entries[0]["error"], entries
-        assert_nothing_cached_for(proxy, broken)
+        assert "etc/missing" in entries[0]["error"], entries
+        assert_no_variant_listed(proxy, broken)
 
         # Within the backoff: an error again, no new attempt.
         resp = ve.get_manifest(proxy, BROKEN_REPO, TAG + SUFFIX)
         assert resp.status_code >= 400
-        assert_oci_error(resp.status_code, resp.content, {404, 502, 503})
+        assert_oci_error(resp.status_code, resp.content,
+                         {404} if mode == "reject" else {502, 503},
+                         {"MANIFEST_UNKNOWN"} if mode == "reject" else None)
+        assert "etc/missing" in error_message(resp), \
+            f"the error does not say why the conversion failed: {resp.text}"
         assert conversions(proxy, "failed") == 1, "retried within retry_backoff"
         # The original tag is untouched.
         plain = ve.get_manifest(proxy, BROKEN_REPO, TAG)
@@ -684,15 +819,17 @@ def test_refused_layer_gives_a_clear_error(tmp_path_factory, registry, broken, m
         assert resp.status_code >= 400
         ve.wait_until(lambda: conversions(proxy, "failed") >= 2, 30, "the second attempt")
         assert conversions(proxy, "failed") == 2
-        assert_nothing_cached_for(proxy, broken)
-        # The same image converts to eStargz (the refusal is Nydus's own).
-        if mode == "wait":
-            est = ve.get_manifest(proxy, BROKEN_REPO, TAG + "-estargz")
-            assert est.status_code == 200, est.text[:300]
-            assert ve.conversions(proxy, "done") == 1
+        assert_no_variant_listed(proxy, broken)
+        # A good image converts on the same proxy (positive control for the cache check).
+        good = ve.get_manifest(proxy, "ny/lowerlink", TAG + SUFFIX)
+        if mode == "reject":
+            ve.wait_until(lambda: conversions(proxy, "done") >= 1, 30, "the good conversion")
+        else:
+            assert good.status_code == 200, good.text[:300]
+    assert_nothing_cached_for(proxy, broken, lower_link)
 
 
-def test_refused_layer_falls_back_to_the_original(tmp_path_factory, registry, broken):
+def test_refused_layer_falls_back_to_the_original(tmp_path_factory, registry, broken, lower_link):
     with start_broken_proxy(tmp_path_factory, registry, "proxy-nydus-broken-fallback",
                             on_miss="fallback", wait="10s", retry_backoff="60s") as proxy:
         for _ in range(2):
@@ -701,4 +838,8 @@ def test_refused_layer_falls_back_to_the_original(tmp_path_factory, registry, br
             assert resp.content == broken.manifest, "a failed conversion must give the original"
             assert resp.headers["Docker-Content-Digest"] == broken.digest
         assert conversions(proxy, "failed") == 1 and conversions(proxy, "done") == 0
-        assert_nothing_cached_for(proxy, broken)
+        assert_no_variant_listed(proxy, broken)
+        good = ve.get_manifest(proxy, "ny/lowerlink", TAG + SUFFIX)
+        assert good.status_code == 200
+        ve.wait_until(lambda: conversions(proxy, "done") >= 1, 30, "the good conversion")
+    assert_nothing_cached_for(proxy, broken, lower_link)
