@@ -2,6 +2,7 @@
 """Layer conversion benchmark for bench/convert (standard library only).
 
 usage: convert.py run [--quick] [--write-results] [--strict] [--no-wait] [--keep-tmp]
+                      [--formats estargz,nydus]
        convert.py make-big-layer OUT.tar BYTES     (the generator alone, for inspection)
 
 bench/convert checks tools, builds missing binaries and then runs `convert.py run`.
@@ -13,6 +14,9 @@ What it measures, on the same input layers and in one run (see bench/README.md):
   accel-proxy convert-layer --format estargz IN.tar.gz OUT     (default options)
   estargz-ref-build IN.tar.gz OUT                              (Go reference, level 9)
   gzip -1 -c IN.tar; pigz -pN -c IN.tar; gunzip -c IN.tar.gz; gzip -dc IN.tar.gz | pigz -pN
+and, for Nydus (--formats: estargz, nydus or both, the default):
+  accel-proxy convert-layer --format nydus IN.tar.gz OUT       (default options)
+  gzip -dc IN.tar.gz | zstd -3 -TN; zstd -3 -TN -c IN.tar; gunzip -c IN.tar.gz
 Every timed sample is wall time (time.monotonic) around the subprocesses; MB/s is the
 layer's uncompressed tar bytes / 1e6 / median wall seconds.
 """
@@ -55,6 +59,10 @@ TARGET_SPEED_VS_REF = 5.0
 TARGET_SIZE_VS_REF = 1.02
 TARGET_VS_PIPE = 0.7
 TARGET_RSS_MB = 256.0
+TARGET_NYDUS_VS_PIPE = 1.0
+TARGET_NYDUS_SIZE_VS_PIPE = 1.05
+NYDUS_COMPRESSORS = ("zstd", "lz4_block", "none")
+FORMATS = ("estargz", "nydus")
 LEVELS = (6, 7, 8, 9)
 
 RUNNING = []              # Popen objects of the sample being run (killed on interrupt)
@@ -389,6 +397,26 @@ def make_big_layer(tar_path, total, gz_path=None):
 
 # ---------------------------------------------------------------------------- the benchmark
 
+def parse_formats(args):
+    """--formats LIST or --formats=LIST (comma-separated, of FORMATS; default all)."""
+    val = None
+    for i, a in enumerate(args):
+        if a == "--formats":
+            if i + 1 >= len(args):
+                raise SetupError("--formats needs a value (estargz, nydus or estargz,nydus)")
+            val = args[i + 1]
+        elif a.startswith("--formats="):
+            val = a.split("=", 1)[1]
+    if val is None:
+        return FORMATS
+    got = [f.strip() for f in val.split(",") if f.strip()]
+    bad = [f for f in got if f not in FORMATS]
+    if bad or not got:
+        raise SetupError(f"--formats: unknown format(s) {', '.join(bad) or '(none)'}; "
+                         f"choose from {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in got)
+
+
 class Bench:
     def __init__(self, args):
         self.quick = "--quick" in args
@@ -396,6 +424,9 @@ class Bench:
         self.strict = "--strict" in args
         self.wait = "--no-wait" not in args
         self.keep_tmp = "--keep-tmp" in args
+        self.formats = parse_formats(args)
+        self.estargz = "estargz" in self.formats
+        self.nydus = "nydus" in self.formats
         self.reps = int(os.environ.get("BENCH_REPS") or (1 if self.quick else 3))
         # A layer that converts in a fifth of a second is at the mercy of one scheduler hiccup:
         # the small layers get more repetitions (each costs about a second) in full runs.
@@ -420,19 +451,29 @@ class Bench:
     def tools_for(self, layer):
         name, tar, gz = layer
         p = f"-p{NPROC}"
-        tools = [
-            ("accel", "accel-proxy"),
-            ("ref", "reference"),
-            ("gzip1", "gzip -1"),
-            ("pigz", f"pigz {p}"),
-            ("gunzip", "gunzip -c"),
-            ("pipe", f"gzip -dc | pigz {p}"),
-        ]
-        if name in ("debian_like", "big"):
-            for lv in LEVELS:
-                if name == "big" and lv == self.default_level:
-                    continue   # the default run is this level (same output): reuse it
-                tools.append((f"L{lv}", f"accel-proxy level {lv}"))
+        tools = []
+        if self.estargz:
+            tools += [
+                ("accel", "accel-proxy"),
+                ("ref", "reference"),
+                ("gzip1", "gzip -1"),
+                ("pigz", f"pigz {p}"),
+                ("gunzip", "gunzip -c"),
+                ("pipe", f"gzip -dc | pigz {p}"),
+            ]
+            if name in ("debian_like", "big"):
+                for lv in LEVELS:
+                    if name == "big" and lv == self.default_level:
+                        continue   # the default run is this level (same output): reuse it
+                    tools.append((f"L{lv}", f"accel-proxy level {lv}"))
+        if self.nydus:
+            tools += [
+                ("nydus", "accel-proxy nydus"),
+                ("zpipe", f"gzip -dc | zstd -3 -T{NPROC}"),
+                ("zstd", f"zstd -3 -T{NPROC}"),
+            ]
+            if not self.estargz:
+                tools.append(("gunzip", "gunzip -c"))   # the inflate bound of the pipeline
         return tools
 
     def command(self, tool, layer, out):
@@ -447,6 +488,16 @@ class Bench:
                 rss = out + ".rss"
                 argv = [GNU_TIME, "-f", "%M", "-o", rss] + argv
             return [argv], "capture", None, rss
+        if tool == "nydus":
+            argv = [self.accel, "convert-layer", "--format", "nydus", gz, out]
+            if self.has_time:
+                rss = out + ".rss"
+                argv = [GNU_TIME, "-f", "%M", "-o", rss] + argv
+            return [argv], "capture", None, rss
+        if tool == "zpipe":
+            return [["gzip", "-dc", gz], ["zstd", "-q", "-3", f"-T{NPROC}", "-c"]], out, None, None
+        if tool == "zstd":
+            return [["zstd", "-q", "-3", f"-T{NPROC}", "-c", tar]], out, None, None
         if tool == "ref":
             return [[self.ref, gz, out]], "capture", self.env_ref, None
         if tool == "gzip1":
@@ -526,7 +577,7 @@ class Bench:
                     if r["size"] is not None and r["size"] != size:
                         r["size_varies"] = True
                     r["size"] = size
-                if key == "accel" or key.startswith("L") or key == "ref":
+                if key in ("accel", "ref", "nydus") or key.startswith("L"):
                     try:
                         r["json"] = json.loads(s.stdout.strip().splitlines()[-1])
                     except (ValueError, IndexError):
@@ -535,6 +586,8 @@ class Bench:
                         r["digests"].add(sha256_file(out))
                     if key == "accel" and rep == 0 and not r["err"]:
                         self.verify(layer, out, r)
+                    if key == "nydus" and rep == 0 and not r["err"]:
+                        self.verify_nydus(layer, r)
                 log(f"  {name:<12} rep {rep + 1}/{reps} {label:<22} {s.wall:8.3f} s "
                     f"{ubytes / MB / s.wall:9.1f} MB/s" + (f"  {size / MB:9.2f} MB" if size else "")
                     + f"  (CPU {s.cpu:.2f} s; others {s.foreign / s.wall:.2f} cores)")
@@ -561,6 +614,28 @@ class Bench:
         else:
             r["check"] = "FAILS estargz-check: " + p.stderr.decode("utf-8", "replace").strip()[-200:]
         log(f"  {name}: accel-proxy blob {r['check']} ({dt:.1f} s, untimed)")
+
+    def verify_nydus(self, layer, r):
+        """Untimed: the first Nydus blob's JSON against the file and the source. (A lone blob
+        has no image around it for `accel-proxy check`; the tests check blobs in images.)"""
+        name, tar, gz = layer
+        j = r["json"] or {}
+        bad = []
+        if not j.get("digest") or j["digest"] not in r["digests"]:
+            bad.append("reported digest is not the file's sha256")
+        if j.get("size") != r["size"]:
+            bad.append(f"reported size {j.get('size')} is not the file's {r['size']}")
+        if j.get("media_type") != "application/vnd.oci.image.layer.nydus.blob.v1":
+            bad.append(f"media type {j.get('media_type')}")
+        if j.get("source_uncompressed_size") != os.path.getsize(tar):
+            bad.append("source_uncompressed_size is not the tar's size")
+        if j.get("source_diff_id") != sha256_file(tar):
+            bad.append("source_diff_id is not the tar's sha256")
+        if j.get("source_digest") != sha256_file(gz):
+            bad.append("source_digest is not the .tar.gz's sha256")
+        r["check"] = ("MISMATCH: " + "; ".join(bad)) if bad else "digest, size, source digests match"
+        if bad:
+            log(f"  {name}: nydus blob {r['check']}")
 
     def detect_default_level(self):
         r = self.results.get("debian_like", {})
@@ -590,6 +665,30 @@ class Bench:
                 d[key] = (sha256_file(out), j.get("digest") or j.get("toc_digest"))
             if os.path.exists(out):
                 os.unlink(out)
+        return d
+
+    def determinism_nydus(self, layer):
+        """Nydus blobs with --threads 1 and 2, for each compressor: {compressor: {threads:
+        (sha256 of the file or "ERR", reported digest or the error)}}."""
+        name, tar, gz = layer
+        d = {}
+        for comp in NYDUS_COMPRESSORS:
+            for th in (1, 2):
+                out = os.path.join(self.tmp, f"det.nydus.{comp}.{th}")
+                argv = [self.accel, "convert-layer", "--format", "nydus", "--threads", str(th),
+                        "--compressor", comp, gz, out]
+                p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                if p.returncode != 0:
+                    res = ("ERR", p.stderr.decode("utf-8", "replace").strip()[-200:])
+                else:
+                    try:
+                        j = json.loads(p.stdout.decode().strip().splitlines()[-1])
+                        res = (sha256_file(out), j.get("digest"), os.path.getsize(out))
+                    except (ValueError, IndexError):
+                        res = ("ERR", "no JSON on stdout")
+                d.setdefault(comp, {})[th] = res
+                if os.path.exists(out):
+                    os.unlink(out)
         return d
 
     # ------------------------------------------------------------------ inputs
@@ -638,10 +737,15 @@ class Bench:
                 log(f"measuring {layer[0]} ({os.path.getsize(layer[1]) / MB:.1f} MB uncompressed), "
                     f"{self.reps_for(layer)} repetition(s)")
                 self.measure_layer(layer)
-                if layer[0] == "debian_like":
+                if layer[0] == "debian_like" and self.estargz:
                     self.detect_default_level()
-            log("determinism: accel-proxy --threads 1 vs 2, reference --procs 1 vs 2 on debian_like")
-            self.det = self.determinism(self.layers[0])
+            if self.estargz:
+                log("determinism: accel-proxy --threads 1 vs 2, reference --procs 1 vs 2 on debian_like")
+                self.det = self.determinism(self.layers[0])
+            if self.nydus:
+                log("determinism: accel-proxy nydus --threads 1 vs 2 per compressor "
+                    f"({', '.join(NYDUS_COMPRESSORS)}) on debian_like")
+                self.det_nydus = self.determinism_nydus(self.layers[0])
         finally:
             if self.keep_tmp:
                 log(f"kept {self.tmp}")
@@ -666,7 +770,17 @@ class Bench:
             return None
         return self.info[layer]["tar_bytes"] / MB / w
 
+    def count_targets(self, fmt, targets):
+        """Adds a format's target rows [(target, layer, value, ok)] to the tallies."""
+        c = self.counts.setdefault(fmt, [0, 0])
+        c[0] += sum(1 for t in targets if not t[3])
+        c[1] += len(targets)
+        self.big_misses += sum(1 for t in targets if t[1] == "big" and not t[3])
+        self.big_targets += sum(1 for t in targets if t[1] == "big")
+
     def report(self):
+        self.counts = {}   # format -> [missed, checks]
+        self.big_misses = self.big_targets = 0
         lines = []
         out = lines.append
         P = f"-p{NPROC}"
@@ -697,133 +811,252 @@ class Bench:
             i = self.info[n]
             out(f"| {lname[n]} | {i['files']} | {i['tar_bytes'] / MB:.1f} | {i['gz_bytes'] / MB:.1f} |")
         out("")
-        out(f"**Throughput**, MB/s of uncompressed input ({self.reps_text()}):")
-        out("")
-        out("| layer | " + " | ".join(l for _, l in tools) + " |")
-        out("|---|" + "---:|" * len(tools))
-        for n in names:
-            out(f"| {lname[n]} | " + " | ".join(cell(n, t) for t, _ in tools) + " |")
-        out("")
-        out("**Output size**, MB:")
-        out("")
-        sz_tools = [t for t in tools if t[0] != "gunzip"]
-        out("| layer | " + " | ".join(l for _, l in sz_tools) + " |")
-        out("|---|" + "---:|" * len(sz_tools))
-        for n in names:
-            cells = []
-            for t, _ in sz_tools:
-                s = size(n, t)
-                cells.append("ERR" if s is None else f"{s / MB:.2f}")
-            out(f"| {lname[n]} | " + " | ".join(cells) + " |")
-        out("")
+        if self.estargz:
+            out(f"**Throughput**, MB/s of uncompressed input ({self.reps_text()}):")
+            out("")
+            out("| layer | " + " | ".join(l for _, l in tools) + " |")
+            out("|---|" + "---:|" * len(tools))
+            for n in names:
+                out(f"| {lname[n]} | " + " | ".join(cell(n, t) for t, _ in tools) + " |")
+            out("")
+            out("**Output size**, MB:")
+            out("")
+            sz_tools = [t for t in tools if t[0] != "gunzip"]
+            out("| layer | " + " | ".join(l for _, l in sz_tools) + " |")
+            out("|---|" + "---:|" * len(sz_tools))
+            for n in names:
+                cells = []
+                for t, _ in sz_tools:
+                    s = size(n, t)
+                    cells.append("ERR" if s is None else f"{s / MB:.2f}")
+                out(f"| {lname[n]} | " + " | ".join(cells) + " |")
+            out("")
 
-        # accel-proxy vs the references
-        targets = []   # (target, layer, value text, ok)
-        out("**accel-proxy against the references**:")
+            # accel-proxy vs the references
+            targets = []   # (target, layer, value text, ok)
+            out("**accel-proxy against the references**:")
+            out("")
+            out(f"| layer | MB/s | × reference | size vs reference | × gzip -dc \\| pigz {P} | "
+                "CPU s / wall s | peak RSS MB | blob |")
+            out("|---|---:|---:|---:|---:|---:|---:|---|")
+            for n in names:
+                a, ref, pipe = self.mbps(n, "accel"), self.mbps(n, "ref"), self.mbps(n, "pipe")
+                sa, sr = size(n, "accel"), size(n, "ref")
+                x_ref = a / ref if a and ref else None
+                x_size = sa / sr if sa and sr else None
+                x_pipe = a / pipe if a and pipe else None
+                cpu, wall = self.med(n, "accel", "cpus"), self.med(n, "accel")
+                rss = max(self.results[n]["accel"]["rss"] or [0]) * 1024 / MB
+                r = self.results[n]["accel"]
+                blob = r.get("check", "") if not r["err"] else "ERR: " + r["err"][:120]
+                if len(r["digests"]) > 1:
+                    blob += "; DIFFERENT digests across repetitions"
+                out(f"| {lname[n]} | {f1(a)} | {'ERR' if x_ref is None else f'{x_ref:.2f}×'} | "
+                    f"{'ERR' if x_size is None else f'{x_size * 100:.1f}%'} | "
+                    f"{'ERR' if x_pipe is None else f'{x_pipe:.2f}×'} | "
+                    f"{'ERR' if cpu is None else f'{cpu:.2f} / {wall:.2f}'} | "
+                    f"{f'{rss:.1f}' if rss else 'ERR'} | {blob} |")
+                targets.append((f"throughput ≥ {TARGET_SPEED_VS_REF:g}× reference", n,
+                                None if x_ref is None else f"{x_ref:.2f}×",
+                                x_ref is not None and x_ref >= TARGET_SPEED_VS_REF))
+                targets.append((f"output ≤ {TARGET_SIZE_VS_REF:g}× reference size", n,
+                                None if x_size is None else f"{x_size:.3f}×",
+                                x_size is not None and x_size <= TARGET_SIZE_VS_REF))
+                targets.append((f"throughput ≥ {TARGET_VS_PIPE:g}× `gzip -dc \\| pigz {P}`", n,
+                                None if x_pipe is None else f"{x_pipe:.2f}×",
+                                x_pipe is not None and x_pipe >= TARGET_VS_PIPE))
+                if n == "big":
+                    targets.append((f"peak RSS < {TARGET_RSS_MB:g} MB", n,
+                                    f"{rss:.1f} MB" if rss else None, bool(rss) and rss < TARGET_RSS_MB))
+            out("")
+            rss_how = (f"`{GNU_TIME} -f %M`" if self.has_time else "wait4() ru_maxrss") + " (KiB × 1024 / 10^6)"
+            out(f"Peak RSS: largest of the repetitions, by {rss_how}. CPU s: user + system of the "
+                "process, median. Blob: the first accel-proxy blob of each layer, checked against the "
+                "source by `estargz-check` (untimed).")
+            out("")
+
+            # targets
+            out("**Targets**:")
+            out("")
+            out("| target | layer | measured | result |")
+            out("|---|---|---:|---|")
+            order = sorted(targets, key=lambda t: (t[1] != "big",))
+            for tgt, n, val, ok in order:
+                out(f"| {tgt} | {lname[n]} | {val or 'ERR'} | **{'PASS' if ok else 'MISS'}** |")
+            self.count_targets("eStargz", targets)
+            out("")
+
+            # determinism
+            d = self.det
+            def dg(k):
+                return d[k][0] if d[k][0] != "ERR" else "ERR (" + d[k][1] + ")"
+            same_a = d["accel1"][0] == d["accel2"][0] != "ERR"
+            same_r = d["ref1"][0] == d["ref2"][0] != "ERR"
+            dflt = self.results["debian_like"]["accel"]["digests"]
+            out("**Determinism** (debian_like):")
+            out("")
+            out(f"- accel-proxy `--threads 1` vs `--threads 2`: "
+                f"{'same blob' if same_a else 'DIFFERENT blobs'} ({dg('accel1')[:19]}… vs {dg('accel2')[:19]}…)"
+                f"{'' if not dflt else ('; the default run gives the same' if d['accel2'][0] in dflt else '; the default run DIFFERS')}"
+                f" — **{'PASS' if same_a else 'MISS'}**")
+            out(f"- reference `--procs 1` vs `--procs 2` (GOMAXPROCS): "
+                f"{'same blob' if same_r else 'different blobs'} ({dg('ref1')[:19]}… vs {dg('ref2')[:19]}…)"
+                f"{'' if same_r else ' — expected: its TOC depends on GOMAXPROCS'}")
+            self.counts["eStargz"][0] += 0 if same_a else 1
+            self.counts["eStargz"][1] += 1
+            out("")
+
+            # compression levels
+            ref_names = [n for n in ("big", "debian_like") if n in self.results]
+            out(f"**accel-proxy `--compression-level`** (MB/s of uncompressed input, {self.reps_text()}; "
+                "size vs the reference's blob):")
+            out("")
+            hdr = "| level |"
+            for n in ref_names:
+                hdr += f" {lname[n]} MB/s | × reference | size MB | vs reference |"
+            out(hdr)
+            out("|---|" + "---:|---:|---:|---:|" * len(ref_names))
+            for lv in LEVELS:
+                row = f"| {lv}{' (default)' if lv == self.default_level else ''} |"
+                for n in ref_names:
+                    key = f"L{lv}"
+                    if key not in self.results[n] or (lv == self.default_level and n == "big"):
+                        key = "accel"
+                    v, rv = self.mbps(n, key), self.mbps(n, "ref")
+                    s, sr = size(n, key), size(n, "ref")
+                    row += (f" {f1(v)} | {'ERR' if not (v and rv) else f'{v / rv:.2f}×'} | "
+                            f"{'ERR' if s is None else f'{s / MB:.2f}'} | "
+                            f"{'ERR' if not (s and sr) else f'{s / sr * 100:.1f}%'} |")
+                out(row)
+            if self.default_level and "big" in ref_names:
+                out("")
+                out(f"Level {self.default_level} on the big layer is the default run above (the same blob "
+                    "on debian_like, so not measured twice).")
+            out("")
+        if self.nydus:
+            self.report_nydus(out, lname, f1, size)
+        self.misses = sum(self.counts[k][0] for k in self.counts)
+        self.ntargets = sum(self.counts[k][1] for k in self.counts)
+        self.body = "\n".join(lines)
+        return self.compose()
+
+    def report_nydus(self, out, lname, f1, size):
+        """The Nydus part of the block: throughput and sizes against `gzip -dc | zstd -3 -TN`,
+        targets, determinism."""
+        names = [n for n, _, _ in self.layers]
+        T = f"-T{NPROC}"
+        pipe_l = f"gzip -dc \\| zstd -3 {T}"    # in a table cell
+        pipe_t = f"gzip -dc | zstd -3 {T}"       # in text
+
+        def ratio(a, b, fmt):
+            return None if not (a and b) else fmt.format(a / b)
+
+        out(f"**Nydus**: `accel-proxy convert-layer --format nydus IN.tar.gz OUT` (default options: "
+            f"zstd level 3, 1 MiB chunks, {NPROC} threads) against `{pipe_t}` over the same .tar.gz "
+            f"(the physical-limit reference); MB/s of uncompressed input ({self.reps_text()}) and "
+            "output size in MB. For scale: `zstd -3` alone from the .tar, and `gunzip -c` (the "
+            "single-threaded inflate that bounds the pipeline).")
         out("")
-        out(f"| layer | MB/s | × reference | size vs reference | × gzip -dc \\| pigz {P} | "
-            "CPU s / wall s | peak RSS MB | blob |")
-        out("|---|---:|---:|---:|---:|---:|---:|---|")
+        out(f"| layer | accel-proxy nydus MB/s | {pipe_l} MB/s | zstd -3 {T} (.tar) MB/s | gunzip -c MB/s | "
+            f"nydus MB | {pipe_l} MB | zstd -3 {T} (.tar) MB |")
+        out("|---|" + "---:|" * 7)
+
+        def mb(n, t):
+            s_ = size(n, t)
+            return "ERR" if s_ is None else f"{s_ / MB:.2f}"
+
+        def speed(n, t):
+            r = self.results[n].get(t)
+            return "ERR" if (r is None or r["err"]) else f1(self.mbps(n, t))
         for n in names:
-            a, ref, pipe = self.mbps(n, "accel"), self.mbps(n, "ref"), self.mbps(n, "pipe")
-            sa, sr = size(n, "accel"), size(n, "ref")
-            x_ref = a / ref if a and ref else None
-            x_size = sa / sr if sa and sr else None
+            out(f"| {lname[n]} | {speed(n, 'nydus')} | {speed(n, 'zpipe')} | {speed(n, 'zstd')} | "
+                f"{speed(n, 'gunzip')} | {mb(n, 'nydus')} | {mb(n, 'zpipe')} | {mb(n, 'zstd')} |")
+        out("")
+        out(f"**accel-proxy nydus against `{pipe_t}`**:")
+        out("")
+        out("| layer | × pipeline throughput | size vs pipeline | nydus CPU s / wall s | "
+            "pipeline CPU s / wall s | nydus peak RSS MB | blob |")
+        out("|---|---:|---:|---:|---:|---:|---|")
+        targets = []
+        big_note = ""
+        if self.big_total != GiB:
+            big_note = (f" (the target is for a 1 GiB layer; this run's big layer is "
+                        f"{self.big_total // MiB} MiB{', --quick' if self.quick else ''})")
+        for n in names:
+            a, pipe = self.mbps(n, "nydus"), self.mbps(n, "zpipe")
+            sa, sp = size(n, "nydus"), size(n, "zpipe")
             x_pipe = a / pipe if a and pipe else None
-            cpu, wall = self.med(n, "accel", "cpus"), self.med(n, "accel")
-            rss = max(self.results[n]["accel"]["rss"] or [0]) * 1024 / MB
-            r = self.results[n]["accel"]
+            x_size = sa / sp if sa and sp else None
+            r = self.results[n]["nydus"]
+            rss = max(r["rss"] or [0]) * 1024 / MB
+            cpu = ("ERR" if self.med(n, "nydus") is None
+                   else f"{self.med(n, 'nydus', 'cpus'):.2f} / {self.med(n, 'nydus'):.2f}")
+            pcpu = ("ERR" if self.med(n, "zpipe") is None
+                    else f"{self.med(n, 'zpipe', 'cpus'):.2f} / {self.med(n, 'zpipe'):.2f}")
             blob = r.get("check", "") if not r["err"] else "ERR: " + r["err"][:120]
             if len(r["digests"]) > 1:
                 blob += "; DIFFERENT digests across repetitions"
-            out(f"| {lname[n]} | {f1(a)} | {'ERR' if x_ref is None else f'{x_ref:.2f}×'} | "
-                f"{'ERR' if x_size is None else f'{x_size * 100:.1f}%'} | "
-                f"{'ERR' if x_pipe is None else f'{x_pipe:.2f}×'} | "
-                f"{'ERR' if cpu is None else f'{cpu:.2f} / {wall:.2f}'} | "
+            out(f"| {lname[n]} | {ratio(a, pipe, '{:.2f}×') or 'ERR'} | "
+                f"{ratio(sa, sp, '{:.1%}') or 'ERR'} | {cpu} | {pcpu} | "
                 f"{f'{rss:.1f}' if rss else 'ERR'} | {blob} |")
-            targets.append((f"throughput ≥ {TARGET_SPEED_VS_REF:g}× reference", n,
-                            None if x_ref is None else f"{x_ref:.2f}×",
-                            x_ref is not None and x_ref >= TARGET_SPEED_VS_REF))
-            targets.append((f"output ≤ {TARGET_SIZE_VS_REF:g}× reference size", n,
-                            None if x_size is None else f"{x_size:.3f}×",
-                            x_size is not None and x_size <= TARGET_SIZE_VS_REF))
-            targets.append((f"throughput ≥ {TARGET_VS_PIPE:g}× `gzip -dc \\| pigz {P}`", n,
+            targets.append((f"throughput ≥ {TARGET_NYDUS_VS_PIPE:g}× `{pipe_l}`", n,
                             None if x_pipe is None else f"{x_pipe:.2f}×",
-                            x_pipe is not None and x_pipe >= TARGET_VS_PIPE))
+                            x_pipe is not None and x_pipe >= TARGET_NYDUS_VS_PIPE))
+            targets.append((f"output ≤ {TARGET_NYDUS_SIZE_VS_PIPE:g}× `{pipe_l}` size", n,
+                            None if x_size is None else f"{x_size:.3f}×",
+                            x_size is not None and x_size <= TARGET_NYDUS_SIZE_VS_PIPE))
             if n == "big":
-                targets.append((f"peak RSS < {TARGET_RSS_MB:g} MB", n,
+                targets.append((f"peak RSS < {TARGET_RSS_MB:g} MB{big_note}", n,
                                 f"{rss:.1f} MB" if rss else None, bool(rss) and rss < TARGET_RSS_MB))
         out("")
         rss_how = (f"`{GNU_TIME} -f %M`" if self.has_time else "wait4() ru_maxrss") + " (KiB × 1024 / 10^6)"
-        out(f"Peak RSS: largest of the repetitions, by {rss_how}. CPU s: user + system of the "
-            "process, median. Blob: the first accel-proxy blob of each layer, checked against the "
-            "source by `estargz-check` (untimed).")
+        out(f"Peak RSS: largest of the repetitions, by {rss_how}. CPU s: user + system of all the "
+            "command's processes, median. Blob: the first nydus blob of each layer (untimed): the "
+            "reported digest and size against the file, `source_diff_id` / `source_digest` / "
+            "`source_uncompressed_size` against the .tar and .tar.gz.")
         out("")
-
-        # targets
-        out("**Targets**:")
+        out("**Nydus targets**:")
         out("")
         out("| target | layer | measured | result |")
         out("|---|---|---:|---|")
-        order = sorted(targets, key=lambda t: (t[1] != "big",))
-        for tgt, n, val, ok in order:
+        for tgt, n, val, ok in sorted(targets, key=lambda t: (t[1] != "big",)):
             out(f"| {tgt} | {lname[n]} | {val or 'ERR'} | **{'PASS' if ok else 'MISS'}** |")
-        self.misses = sum(1 for t in targets if not t[3])
-        self.ntargets = len(targets)
-        self.big_misses = sum(1 for t in targets if t[1] == "big" and not t[3])
-        self.big_targets = sum(1 for t in targets if t[1] == "big")
+        self.count_targets("Nydus", targets)
         out("")
 
         # determinism
-        d = self.det
-        def dg(k):
-            return d[k][0] if d[k][0] != "ERR" else "ERR (" + d[k][1] + ")"
-        same_a = d["accel1"][0] == d["accel2"][0] != "ERR"
-        same_r = d["ref1"][0] == d["ref2"][0] != "ERR"
-        dflt = self.results["debian_like"]["accel"]["digests"]
-        out("**Determinism** (debian_like):")
+        d = self.det_nydus
+        dflt = self.results["debian_like"]["nydus"]["digests"]
+        out("**Nydus determinism** (debian_like; `--threads 1` vs `--threads 2` per `--compressor`):")
         out("")
-        out(f"- accel-proxy `--threads 1` vs `--threads 2`: "
-            f"{'same blob' if same_a else 'DIFFERENT blobs'} ({dg('accel1')[:19]}… vs {dg('accel2')[:19]}…)"
-            f"{'' if not dflt else ('; the default run gives the same' if d['accel2'][0] in dflt else '; the default run DIFFERS')}"
-            f" — **{'PASS' if same_a else 'MISS'}**")
-        out(f"- reference `--procs 1` vs `--procs 2` (GOMAXPROCS): "
-            f"{'same blob' if same_r else 'different blobs'} ({dg('ref1')[:19]}… vs {dg('ref2')[:19]}…)"
-            f"{'' if same_r else ' — expected: its TOC depends on GOMAXPROCS'}")
-        if not same_a:
-            self.misses += 1
-        self.ntargets += 1
+        for comp in NYDUS_COMPRESSORS:
+            r1, r2 = d[comp][1], d[comp][2]
+            if r1[0] == "ERR" or r2[0] == "ERR":
+                err = r1[1] if r1[0] == "ERR" else r2[1]
+                text, ok = f"ERR ({err})", False
+            else:
+                same = r1[0] == r2[0]
+                reported = r1[1] == r1[0] and r2[1] == r2[0]
+                ok = same and reported
+                text = (f"{'same blob' if same else 'DIFFERENT blobs'} ({r1[0][:19]}… vs {r2[0][:19]}…), "
+                        f"{r1[2] / MB:.2f} MB; reported digest "
+                        f"{'= the file sha256' if reported else 'DIFFERS from the file sha256'}")
+                if comp == "zstd" and dflt:
+                    dsame = r2[0] in dflt
+                    ok = ok and dsame
+                    text += "; the default run gives the same" if dsame else "; the default run DIFFERS"
+            out(f"- `--compressor {comp}`: {text} — **{'PASS' if ok else 'MISS'}**")
+            c = self.counts.setdefault("Nydus", [0, 0])
+            c[0] += 0 if ok else 1
+            c[1] += 1
         out("")
 
-        # compression levels
-        ref_names = [n for n in ("big", "debian_like") if n in self.results]
-        out(f"**accel-proxy `--compression-level`** (MB/s of uncompressed input, {self.reps_text()}; "
-            "size vs the reference's blob):")
-        out("")
-        hdr = "| level |"
-        for n in ref_names:
-            hdr += f" {lname[n]} MB/s | × reference | size MB | vs reference |"
-        out(hdr)
-        out("|---|" + "---:|---:|---:|---:|" * len(ref_names))
-        for lv in LEVELS:
-            row = f"| {lv}{' (default)' if lv == self.default_level else ''} |"
-            for n in ref_names:
-                key = f"L{lv}"
-                if key not in self.results[n] or (lv == self.default_level and n == "big"):
-                    key = "accel"
-                v, rv = self.mbps(n, key), self.mbps(n, "ref")
-                s, sr = size(n, key), size(n, "ref")
-                row += (f" {f1(v)} | {'ERR' if not (v and rv) else f'{v / rv:.2f}×'} | "
-                        f"{'ERR' if s is None else f'{s / MB:.2f}'} | "
-                        f"{'ERR' if not (s and sr) else f'{s / sr * 100:.1f}%'} |")
-            out(row)
-        if self.default_level and "big" in ref_names:
-            out("")
-            out(f"Level {self.default_level} on the big layer is the default run above (the same blob "
-                "on debian_like, so not measured twice).")
-        out("")
-        self.body = "\n".join(lines)
-        return self.compose()
+    def inputs_text(self):
+        gz = ["accel-proxy"] + (["the reference"] if self.estargz else []) + ["`gunzip`"]
+        gz.append("the pipelines" if self.estargz and self.nydus else "the pipeline")
+        tar = (["`gzip -1`", "`pigz`"] if self.estargz else []) + (["`zstd`"] if self.nydus else [])
+        join = lambda xs: ", ".join(xs[:-1]) + " and " + xs[-1] if len(xs) > 1 else xs[0]
+        return f".tar.gz to {join(gz)}, the .tar to {join(tar)}"
 
     def compose(self):
         now, host, binary, notes = block_facts(self.root, self.accel, self.notes)
@@ -836,14 +1069,20 @@ class Bench:
               f"{self.elapsed_total:.0f} s in all)",
               f"- host: {host}; load average at start {' '.join(f'{x:.2f}' for x in self.load_start)}, "
               f"at end {' '.join(f'{x:.2f}' for x in self.load_end)}",
-              f"- accel-proxy: {binary}; `convert-layer --format estargz IN.tar.gz OUT`, default options",
-              f"- reference: `estargz-ref-build IN.tar.gz OUT` (Debian stargz-snapshotter 0.12 `estargz.Build`, "
-              f"gzip level 9, 4 MiB chunks, GOMAXPROCS {NPROC})",
+              f"- accel-proxy: {binary}; `convert-layer --format {'|'.join(self.formats)} IN.tar.gz OUT`, "
+              "default options",
+              ]
+        if self.estargz:
+            md.append(f"- reference: `estargz-ref-build IN.tar.gz OUT` (Debian stargz-snapshotter 0.12 "
+                      f"`estargz.Build`, gzip level 9, 4 MiB chunks, GOMAXPROCS {NPROC})")
+        if self.nydus:
+            md.append(f"- Nydus reference: `gzip -dc IN.tar.gz | zstd -q -3 -T{NPROC} -c > OUT` "
+                      f"({tool_version(['zstd', '--version'])}, {tool_version(['gzip', '--version'])})")
+        md += [
               f"- inputs: `tests/integration/layers.py --gzip` (debian_like, many_small, few_large) and a "
               f"generated layer of {self.big_total // MiB} MiB of file content ({big.get('files', '?')} files, "
               f"{big.get('text_share', 0) * 100:.0f}% text-like / {100 - big.get('text_share', 0) * 100:.0f}% "
-              "random by bytes, PAX tar, `gzip -n -6`); .tar.gz to accel-proxy, the reference, `gunzip` and "
-              "the pipeline, the .tar to `gzip -1` and `pigz`",
+              "random by bytes, PAX tar, `gzip -n -6`); " + self.inputs_text(),
               "- MB = 10^6 bytes; MB/s = uncompressed tar bytes / wall seconds of the whole subprocess "
               "(measured by the script); outputs to files in `$TMPDIR` (page cache), `gunzip -c` to /dev/null",
               ]
@@ -851,8 +1090,23 @@ class Bench:
             md.append("- notes: " + "; ".join(notes))
         md += ["", self.body.rstrip(), "",
                f"{self.misses} of {self.ntargets} checks missed "
-               f"({self.big_misses} of {self.big_targets} on the big layer)."]
+               f"({self.big_misses} of {self.big_targets} on the big layer)"
+               + (": " + ", ".join(f"{k} {m} of {t}" for k, (m, t) in self.counts.items())
+                  if len(self.counts) > 1 else "") + "."]
         return "\n".join(md)
+
+
+def tool_version(argv):
+    """The first line of a tool's --version, shortened (e.g. `zstd v1.5.4`, `gzip 1.12`)."""
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{argv[0]} ?"
+    line = (p.stdout.strip().splitlines() or ["?"])[0]
+    for w in line.replace(",", " ").split():
+        if w[:1].isdigit() or (w[:1] == "v" and w[1:2].isdigit()):
+            return f"{argv[0]} {w}"
+    return line
 
 
 def block_facts(root, accel, notes):
@@ -947,7 +1201,12 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
 
-    return run_bench(Bench(argv[1:]))
+    try:
+        b = Bench(argv[1:])
+    except SetupError as e:
+        log(f"error: {e}")
+        return 2
+    return run_bench(b)
 
 
 if __name__ == "__main__":
