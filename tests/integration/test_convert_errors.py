@@ -310,3 +310,25 @@ def test_convert_layer_rejects(case, fmt, tmp_path):
     assert_failed(p, expect, prefix="accel-proxy convert-layer: error:")
     assert not out.exists(), "OUT exists after a failed convert-layer"
     assert list(outdir.iterdir()) == [], "temporary files left next to OUT"
+
+
+# ---- limits checked before any work ----------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["estargz", "nydus"])
+def test_image_over_the_limit_is_refused_before_reading_a_layer(fmt, tmp_path, workdir):
+    """--max-image-bytes below the image's layers: refused naming the limit, nothing written.
+    The first layer is removed from the source first, so reading any layer would fail with a
+    different error: the refusal must come before."""
+    src, manifest, _ = oci_source(tmp_path)
+    total = sum(l["size"] for l in manifest["layers"])
+    et.layout_blob_path(src, manifest["layers"][0]["digest"]).unlink()
+    layout = tmp_path / "out"
+    p = et.convert(f"oci:{src}:v1", f"oci:{layout}:converted", "--format", fmt,
+                   "--max-image-bytes", str(total - 1), workdir=workdir)
+    assert_failed(p, ["over the limit", str(total - 1)])
+    assert_layout_untouched(layout, "converted")
+    assert_nothing_left(workdir)
+    # At the limit it is the missing layer that stops it: the limit itself passes.
+    p = et.convert(f"oci:{src}:v1", f"oci:{layout}:converted", "--format", fmt,
+                   "--max-image-bytes", str(total), workdir=workdir)
+    assert p.returncode == 1 and "over the limit" not in p.stderr, p.stderr

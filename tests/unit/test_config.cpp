@@ -61,6 +61,35 @@ TEST_CASE("the shipped example config is valid") {
   finalize_config(c);
   CHECK(c.default_upstream == "harbor");
   CHECK(c.upstreams.size() == 2);
+  CHECK(c.variants.suffixes.at("nydus") == "-nydus");
+  CHECK(c.variants.nydus.chunk_size == 1048576);
+  REQUIRE(c.variants.prefetch.size() == 1);
+  CHECK(c.variants.prefetch[0].files.at(0) == "/usr/local/bin/python3");
+}
+
+TEST_CASE("variants.nydus and variants.prefetch: values and refusals") {
+  auto base = std::string("upstreams: [{name: u, url: 'http://a:1'}]\n");
+  auto c = parse_config_yaml(base + "variants: {nydus: {chunk_size: 4194304, compressor: lz4_block, compression_level: 9},"
+                                    " prefetch: [{repositories: ['library/*'], files: [/bin/sh, /etc/passwd]}]}\n");
+  finalize_config(c);
+  CHECK(c.variants.nydus.chunk_size == 4194304);
+  CHECK(c.variants.nydus.compressor == "lz4_block");
+  CHECK(c.variants.nydus.compression_level == 9);
+  CHECK(c.variants.prefetch.at(0).repositories == std::vector<std::string>{"library/*"});
+  // Defaults: 1 MiB zstd level 3, the -nydus suffix beside -estargz.
+  auto d = parse_config_yaml(base + "variants: {suffixes: {estargz: -fast}}\n");
+  CHECK(d.variants.nydus.chunk_size == (1u << 20));
+  CHECK(d.variants.nydus.compressor == "zstd");
+  CHECK(d.variants.suffixes.at("nydus") == "-nydus");
+  CHECK(d.variants.suffixes.at("estargz") == "-fast");
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {nydus: {chunk_size: 3000}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {nydus: {chunk_size: 33554432}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {nydus: {compressor: gzip}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {nydus: {compression_level: 30}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {nydus: {blocks: 1}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {prefetch: [{repositories: [a], files: [relative/path]}]}\n"),
+                  ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {prefetch: [{repositories: [a]}]}\n"), ConfigError);
 }
 
 TEST_CASE("flags override the file; --upstream alone is enough") {
