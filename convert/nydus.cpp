@@ -414,8 +414,9 @@ ConvertedLayer NydusFormat::convert_layer(ByteSource& tar, ByteSink& out, const 
   blob_options.level = options.nydus.level;
   blob_options.threads = std::max(1u, options.threads);
 
-  HashingSink hashed(&out);
-  nydus::BlobWriter writer(hashed, blob_options);
+  // The writer hashes what it writes (it needs a prefix's digest for the TOC anyway), so no
+  // HashingSink: one sha256 pass over the blob instead of two.
+  nydus::BlobWriter writer(out, blob_options);
   LayerTree tree;
   TarLimits limits;
   limits.max_total_bytes = options.max_uncompressed_bytes;
@@ -447,7 +448,7 @@ ConvertedLayer NydusFormat::convert_layer(ByteSource& tar, ByteSink& out, const 
   uint64_t size = writer.finish(rafs::write_bootstrap(bootstrap));
 
   ConvertedLayer result;
-  result.digest = hashed.digest();
+  result.digest = writer.digest();
   result.size = size;
   result.diff_id = result.digest;  // nydus-snapshotter's converter: a blob is its own diff_id
   result.uncompressed_size = reader.bytes_consumed();

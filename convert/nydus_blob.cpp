@@ -12,6 +12,8 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -97,10 +99,23 @@ class RawSha256 {
   void update(const void* data, size_t size) {
     if (size) EVP_DigestUpdate(ctx_, data, size);
   }
+  // The digest of everything so far; the context starts over (reused: one context per thread
+  // instead of one allocation per chunk).
   Digest finish() {
     Digest d{};
     unsigned len = 0;
-    EVP_DigestFinal_ex(ctx_, d.data(), &len);
+    if (EVP_DigestFinal_ex(ctx_, d.data(), &len) != 1 || EVP_DigestInit_ex(ctx_, sha256_md(), nullptr) != 1)
+      throw ConvertError("sha256: OpenSSL digest failed");
+    return d;
+  }
+  // The digest of everything so far, hashing on: the digest of a prefix without a second pass.
+  Digest peek() const {
+    EVP_MD_CTX* copy = EVP_MD_CTX_new();
+    Digest d{};
+    unsigned len = 0;
+    bool ok = copy && EVP_MD_CTX_copy_ex(copy, ctx_) == 1 && EVP_DigestFinal_ex(copy, d.data(), &len) == 1;
+    EVP_MD_CTX_free(copy);
+    if (!ok) throw ConvertError("sha256: OpenSSL digest failed");
     return d;
   }
 
@@ -128,25 +143,39 @@ const char* name_of(Compressor c) {
   return "unknown";
 }
 
-// Compresses `src` into `dst` (resized to the compressor's bound); returns the compressed size,
-// or 0 when the result is not strictly smaller (the data is then stored raw).
-size_t compress_to(Compressor c, ZSTD_CCtx* cctx, int level, const char* src, size_t size, std::string& dst) {
+// Room compress_into() may need for `size` bytes.
+size_t compress_bound(Compressor c, size_t size) {
+  if (c == Compressor::zstd) return ZSTD_compressBound(size);
+  if (c == Compressor::lz4_block) {
+    if (size > static_cast<size_t>(LZ4_MAX_INPUT_SIZE)) throw ConvertError("lz4: input too large");
+    return static_cast<size_t>(LZ4_compressBound(static_cast<int>(size)));
+  }
+  return 0;
+}
+
+// Compresses `src` into `dst`, which has compress_bound(c, size) bytes of room; returns the
+// compressed size, or 0 when the result is not strictly smaller (the data is then stored raw).
+size_t compress_into(Compressor c, ZSTD_CCtx* cctx, int level, const char* src, size_t size, char* dst) {
   if (size == 0) return 0;
+  const size_t bound = compress_bound(c, size);
   if (c == Compressor::zstd) {
-    dst.resize(ZSTD_compressBound(size));
-    size_t n = cctx ? ZSTD_compressCCtx(cctx, dst.data(), dst.size(), src, size, level)
-                    : ZSTD_compress(dst.data(), dst.size(), src, size, level);
+    size_t n = cctx ? ZSTD_compressCCtx(cctx, dst, bound, src, size, level) : ZSTD_compress(dst, bound, src, size, level);
     if (ZSTD_isError(n)) throw ConvertError(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
     return n < size ? n : 0;
   }
   if (c == Compressor::lz4_block) {
-    if (size > static_cast<size_t>(LZ4_MAX_INPUT_SIZE)) throw ConvertError("lz4: input too large");
-    dst.resize(static_cast<size_t>(LZ4_compressBound(static_cast<int>(size))));
-    int n = LZ4_compress_default(src, dst.data(), static_cast<int>(size), static_cast<int>(dst.size()));
+    int n = LZ4_compress_default(src, dst, static_cast<int>(size), static_cast<int>(bound));
     if (n <= 0) throw ConvertError("lz4_block compression failed");
     return static_cast<size_t>(n) < size ? static_cast<size_t>(n) : 0;
   }
   return 0;
+}
+
+// compress_into() for the metadata regions: `dst` is resized to the bound.
+size_t compress_to(Compressor c, ZSTD_CCtx* cctx, int level, const char* src, size_t size, std::string& dst) {
+  if (size == 0) return 0;
+  dst.resize(compress_bound(c, size));
+  return compress_into(c, cctx, level, src, size, dst.data());
 }
 
 // `stored` -> exactly `size` bytes. The caller has capped `size`; the compressors' maximum
@@ -462,14 +491,48 @@ struct DedupHash {
   }
 };
 
-// One stored chunk on its way through the compression workers.
-struct Job {
-  std::string raw;     // the chunk's bytes (raw.size() == its length)
-  std::string packed;  // compressed bytes, valid when packed_size > 0
-  size_t packed_size = 0;
-  uint32_t ci_index = 0;
-  std::string error;
-  bool done = false;
+// Chunks go to the workers in batches: one handoff per chunk (mutex, condvar, on 2 cores a
+// context switch or two) cost more than hashing and compressing a file of a few KB. A batch is
+// closed at kBatchBytes of raw data (a larger chunk travels alone) or kBatchChunks chunks.
+constexpr size_t kBatchBytes = 512 << 10;
+constexpr size_t kBatchChunks = 1024;
+
+// Bytes that are read or compressed over, so unlike std::string::resize it does not zero them.
+class Buffer {
+ public:
+  char* data() { return data_.get(); }
+  const char* data() const { return data_.get(); }
+  // At least `capacity` bytes; the contents are lost when it grows.
+  void reserve(size_t capacity) {
+    if (capacity <= capacity_) return;
+    data_ = std::make_unique_for_overwrite<char[]>(capacity);
+    capacity_ = capacity;
+  }
+
+ private:
+  std::unique_ptr<char[]> data_;
+  size_t capacity_ = 0;
+};
+
+struct BatchChunk {
+  uint32_t file = 0, slot = 0;  // its ChunkRef is files[file][slot]
+  uint32_t size = 0;            // raw bytes, at raw_offset in the batch
+  uint32_t raw_offset = 0;
+  uint64_t file_offset = 0;
+  // Set by the worker:
+  Digest digest{};
+  uint32_t packed_offset = 0, packed_size = 0;  // compressed bytes; packed_size 0: store raw
+  bool known = false;  // already stored when the worker looked, so not compressed
+  // Set when written:
+  uint32_t index = 0;  // in the chunk table
+};
+
+struct Batch {
+  Buffer raw, packed;
+  size_t raw_size = 0;
+  std::vector<BatchChunk> chunks;
+  std::exception_ptr error;  // from hashing or compressing
+  bool done = false;         // hashed and compressed
 };
 
 struct StoredChunk {
@@ -482,27 +545,49 @@ struct StoredChunk {
 
 // ---- BlobWriter ----------------------------------------------------------------------------------
 
+// The caller's thread reads chunks into batches; the workers hash (sha256: the chunk digest
+// and the dedup key) and compress them. Finished batches are then written strictly in
+// submission order, one writer at a time: dedup, chunk indexes and offsets are decided there,
+// in input order, so the bytes do not depend on the thread count or timing. Who writes (and
+// hashes the blob) is whoever would otherwise idle: a worker that finds no batch to compress,
+// or the caller's thread when it must wait for the in-flight window. So the reading, often
+// the critical path, is not held up by writing, nor is compression when it is the bottleneck.
 struct BlobWriter::Impl {
   ByteSink& out;
   BlobOptions options;
-  size_t window;
+  size_t window;          // batches in flight, which bounds memory
+  size_t batch_capacity;  // raw bytes a batch can hold: kBatchBytes, or one chunk
 
-  // Shared with the workers.
+  // Shared with the workers, under mu.
   std::mutex mu;
   std::condition_variable work_cv, done_cv;
-  std::deque<Job*> pending;                   // waiting for a worker
-  std::deque<std::unique_ptr<Job>> inflight;  // submission order; the head is written next
+  std::deque<Batch*> pending;                   // waiting for a worker
+  std::deque<std::unique_ptr<Batch>> inflight;  // submission order; the head is written next
+  std::vector<std::unique_ptr<Batch>> written;  // for the caller's thread to take the indexes
+  size_t unwritten = 0;                         // submitted and not yet in `written`
+  bool writing = false;                         // a thread is writing
+  std::exception_ptr failure;                   // the first error; nothing is written after it
   bool stopping = false;
   std::vector<std::thread> workers;
 
-  // Caller thread only.
-  std::vector<std::unique_ptr<Job>> spare;
-  std::vector<StoredChunk> table;
+  // Stored chunks by (digest, size). Only the writer changes it, under dedup_mu; the workers
+  // read it under dedup_mu to skip compressing chunks that will be dropped anyway.
+  std::mutex dedup_mu;
   std::unordered_map<DedupKey, uint32_t, DedupHash> dedup;
-  std::vector<std::vector<rafs::ChunkRef>> files;
+
+  // The writing side: one thread at a time (`writing`; after close_data, the caller's).
+  std::vector<StoredChunk> table;
   uint64_t position = 0;           // bytes written to `out`
   uint64_t next_uncompressed = 0;  // aligned end of the uncompressed space
-  RawSha256 data_hash;             // chunk bytes + the image.blob header (the TOC quirk)
+  // Everything written: the blob's digest, and, taken at the image.blob header (the TOC quirk:
+  // that entry's digest covers the chunk data and the header), the first TOC entry's.
+  RawSha256 blob_hash;
+
+  // Caller thread only.
+  std::unique_ptr<Batch> filling;  // being filled, not yet submitted
+  std::vector<std::unique_ptr<Batch>> spare;
+  std::vector<std::vector<rafs::ChunkRef>> files;  // ci_index taken from written batches, the rest at close
+  Digest blob_digest{};
   bool closed = false, finished = false;
   rafs::BlobInfo info;
   std::vector<TocEntry> toc;
@@ -517,7 +602,8 @@ struct BlobWriter::Impl {
       throw ConvertError(std::string("nydus blob: unsupported compressor ") + name_of(options.compressor));
     if (options.threads == 0) options.threads = 1;
     window = 2 * size_t{options.threads} + 2;
-    if (options.compressor == Compressor::none) return;  // nothing to do off-thread
+    batch_capacity = std::max<size_t>(kBatchBytes, options.chunk_size);
+    // Workers even without compression: they hash the chunks.
     try {
       for (unsigned i = 0; i < options.threads; ++i) workers.emplace_back([this] { work(); });
     } catch (...) {
@@ -538,146 +624,219 @@ struct BlobWriter::Impl {
     workers.clear();
   }
 
-  // Worker thread: compresses queued chunks with its own context.
+  // Worker thread: hashes and compresses queued batches with its own contexts.
   void work() {
     ZSTD_CCtx* cctx = options.compressor == Compressor::zstd ? ZSTD_createCCtx() : nullptr;
+    std::unique_ptr<RawSha256> hash;
+    try {
+      hash = std::make_unique<RawSha256>();
+    } catch (const std::exception&) {
+      // reported with the first batch
+    }
     std::unique_lock lock(mu);
     for (;;) {
       work_cv.wait(lock, [&] { return stopping || !pending.empty(); });
       if (stopping) break;
-      Job* job = pending.front();
+      Batch* batch = pending.front();
       pending.pop_front();
       lock.unlock();
       try {
+        if (!hash) throw ConvertError("sha256: OpenSSL initialisation failed");
         if (options.compressor == Compressor::zstd && !cctx) throw ConvertError("zstd: cannot create a context");
-        job->packed_size =
-            compress_to(options.compressor, cctx, options.level, job->raw.data(), job->raw.size(), job->packed);
-      } catch (const std::exception& e) {
-        job->error = e.what();
+        process(*batch, *hash, cctx);
+      } catch (...) {
+        batch->error = std::current_exception();
       }
       lock.lock();
-      job->done = true;
+      batch->done = true;
+      if (pending.empty()) write_finished(lock);  // compressing comes first
       done_cv.notify_all();
     }
     ZSTD_freeCCtx(cctx);
   }
 
-  void write(const void* data, size_t size) {
-    out.write(data, size);
-    position += size;
-  }
-
-  std::unique_ptr<Job> take_job() {
-    if (spare.empty()) return std::make_unique<Job>();
-    auto job = std::move(spare.back());
-    spare.pop_back();
-    job->done = false;
-    job->packed_size = 0;
-    job->error.clear();
-    return job;
-  }
-
-  // Writes finished chunks at the head of the queue, in order. Waits while more than
-  // `keep` chunks are in flight (keep 0: everything).
-  void flush(size_t keep) {
-    std::unique_lock lock(mu);
-    for (;;) {
-      if (inflight.empty()) return;
-      if (!inflight.front()->done) {
-        if (inflight.size() <= keep) return;
-        done_cv.wait(lock, [&] { return inflight.front()->done; });
-      }
-      auto job = std::move(inflight.front());
+  // Writes finished batches at the head of the queue, in order, unless another thread is
+  // already at it (that one rechecks the head under the lock before it stops: none is missed).
+  void write_finished(std::unique_lock<std::mutex>& lock) {
+    if (writing) return;
+    writing = true;
+    while (!failure && !stopping && !inflight.empty() && inflight.front()->done) {
+      auto batch = std::move(inflight.front());
       inflight.pop_front();
       lock.unlock();
-      write_chunk(*job);
-      spare.push_back(std::move(job));
+      std::exception_ptr error = batch->error;
+      if (!error) {
+        try {
+          write_batch(*batch);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
       lock.lock();
+      if (error) failure = error;
+      written.push_back(std::move(batch));
+      --unwritten;
+      done_cv.notify_all();
+    }
+    writing = false;
+  }
+
+  void process(Batch& batch, RawSha256& hash, ZSTD_CCtx* cctx) {
+    const Compressor c = options.compressor;
+    if (c != Compressor::none) {
+      size_t room = 0;
+      for (const auto& chunk : batch.chunks) room += compress_bound(c, chunk.size);
+      batch.packed.reserve(room);
+    }
+    size_t packed_end = 0;
+    for (auto& chunk : batch.chunks) {
+      const char* raw = batch.raw.data() + chunk.raw_offset;
+      hash.update(raw, chunk.size);
+      chunk.digest = hash.finish();
+      if (c == Compressor::none) continue;
+      {
+        std::lock_guard lock(dedup_mu);
+        chunk.known = dedup.contains(DedupKey{chunk.digest, chunk.size});
+      }
+      if (chunk.known) continue;
+      size_t n = compress_into(c, cctx, options.level, raw, chunk.size, batch.packed.data() + packed_end);
+      chunk.packed_offset = static_cast<uint32_t>(packed_end);
+      chunk.packed_size = static_cast<uint32_t>(n);
+      packed_end += n;
     }
   }
 
-  void write_chunk(const Job& job) {
-    StoredChunk& c = table[job.ci_index];
-    if (!job.error.empty()) throw ConvertError("chunk " + std::to_string(job.ci_index) + ": " + job.error);
-    std::string_view bytes =
-        job.packed_size ? std::string_view(job.packed.data(), job.packed_size) : std::string_view(job.raw);
-    if (position + bytes.size() > kMaxCompressedOffset)
-      throw ConvertError("nydus blob: chunk data exceeds 1 TiB (chunk info v1 limit)");
-    c.info.compressed_offset = position;
-    c.info.compressed_size = static_cast<uint32_t>(bytes.size());
-    data_hash.update(bytes.data(), bytes.size());
-    write(bytes.data(), bytes.size());
+  void write(const void* data, size_t size) {
+    out.write(data, size);
+    blob_hash.update(data, size);
+    position += size;
   }
 
-  void submit(std::unique_ptr<Job> job) {
+  std::unique_ptr<Batch> take_batch() {
+    std::unique_ptr<Batch> batch;
+    if (spare.empty()) {
+      batch = std::make_unique<Batch>();
+      batch->raw.reserve(batch_capacity);
+    } else {
+      batch = std::move(spare.back());
+      spare.pop_back();
+    }
+    batch->raw_size = 0;
+    batch->chunks.clear();
+    batch->error = nullptr;
+    batch->done = false;
+    return batch;
+  }
+
+  // Until at most `keep` batches are unwritten (keep 0: all written), writes finished ones or
+  // waits; then takes the chunk indexes of the written ones and recycles them. Rethrows a
+  // worker's error.
+  void flush(size_t keep) {
+    std::vector<std::unique_ptr<Batch>> done;
+    {
+      std::unique_lock lock(mu);
+      while (!failure && unwritten > keep) {
+        if (!writing && inflight.front()->done) {
+          write_finished(lock);
+        } else {
+          done_cv.wait(lock);
+        }
+      }
+      if (failure) std::rethrow_exception(failure);
+      done.swap(written);
+    }
+    for (auto& batch : done) {
+      for (const auto& chunk : batch->chunks) files[chunk.file][chunk.slot].ci_index = chunk.index;
+      spare.push_back(std::move(batch));
+    }
+  }
+
+  // Dedup, chunk indexes and offsets, in input order: as if each chunk were added on its own.
+  void write_batch(Batch& batch) {
+    for (auto& chunk : batch.chunks) {
+      auto it = dedup.find(DedupKey{chunk.digest, chunk.size});
+      chunk.index = it != dedup.end() ? it->second : store_chunk(batch, chunk);
+    }
+  }
+
+  // A chunk seen for the first time: its index, offsets and bytes.
+  uint32_t store_chunk(const Batch& batch, const BatchChunk& chunk) {
+    if (chunk.known) throw ConvertError("nydus blob: internal error: chunk skipped as stored, but it is not");
+    if (table.size() >= kMaxChunksPerBlob) throw ConvertError("nydus blob: more than 2^24 chunks");
+    if (next_uncompressed + round_up_4k(chunk.size) > kMaxUncompressedOffset)
+      throw ConvertError("nydus blob: uncompressed size exceeds 16 TiB (chunk info v1 limit)");
+    std::string_view bytes = chunk.packed_size
+                                 ? std::string_view(batch.packed.data() + chunk.packed_offset, chunk.packed_size)
+                                 : std::string_view(batch.raw.data() + chunk.raw_offset, chunk.size);
+    if (position + bytes.size() > kMaxCompressedOffset)
+      throw ConvertError("nydus blob: chunk data exceeds 1 TiB (chunk info v1 limit)");
+    uint32_t index = static_cast<uint32_t>(table.size());
+    StoredChunk c{};
+    c.info.uncompressed_offset = next_uncompressed;
+    c.info.uncompressed_size = chunk.size;
+    c.info.compressed_offset = position;
+    c.info.compressed_size = static_cast<uint32_t>(bytes.size());
+    c.digest = chunk.digest;
+    c.file_offset = chunk.file_offset;
+    table.push_back(c);
+    {
+      std::lock_guard lock(dedup_mu);
+      dedup.emplace(DedupKey{chunk.digest, chunk.size}, index);
+    }
+    next_uncompressed += round_up_4k(chunk.size);
+    write(bytes.data(), bytes.size());
+    return index;
+  }
+
+  void submit() {
+    if (!filling) return;
     {
       std::lock_guard lock(mu);
-      if (options.compressor == Compressor::none) {
-        job->done = true;  // nothing to do off-thread
-      } else {
-        pending.push_back(job.get());
-      }
-      inflight.push_back(std::move(job));
+      pending.push_back(filling.get());
+      inflight.push_back(std::move(filling));
+      ++unwritten;
     }
     work_cv.notify_one();
     flush(window);
   }
 
-  // Reads one chunk of `file`, dedups it, queues it if new; returns its ChunkRef.
-  rafs::ChunkRef add_chunk(ByteSource& content, uint64_t file_offset, uint32_t length, uint64_t file_size) {
-    auto job = take_job();
-    job->raw.resize(length);
+  // Reads one chunk of files[file] into the batch being filled.
+  void add_chunk(ByteSource& content, uint32_t file, uint64_t file_offset, uint32_t length, uint64_t file_size) {
+    if (filling && (filling->raw_size + length > kBatchBytes || filling->chunks.size() >= kBatchChunks)) submit();
+    if (!filling) filling = take_batch();
+    Batch& batch = *filling;
+    char* dst = batch.raw.data() + batch.raw_size;  // room: batch_capacity >= kBatchBytes, chunk_size
     for (size_t got = 0; got < length;) {
-      size_t n = content.read(job->raw.data() + got, length - got);
+      size_t n = content.read(dst + got, length - got);
       if (n == 0)
         throw ConvertError("nydus blob: file content ends after " + std::to_string(file_offset + got) + " of " +
                            std::to_string(file_size) + " bytes");
       got += n;
     }
-    // Hashing here, on the caller thread, makes the dedup decision in input order for free.
-    DedupKey key{sha256(job->raw), length};
+    BatchChunk chunk;
+    chunk.file = file;
+    chunk.slot = static_cast<uint32_t>(files[file].size());
+    chunk.size = length;
+    chunk.raw_offset = static_cast<uint32_t>(batch.raw_size);
+    chunk.file_offset = file_offset;
+    batch.chunks.push_back(chunk);
+    batch.raw_size += length;
     rafs::ChunkRef ref;
     ref.uncompressed_size = length;
-    ref.digest = key.digest;
-    if (auto it = dedup.find(key); it != dedup.end()) {
-      const StoredChunk& c = table[it->second];
-      ref.ci_index = it->second;
-      ref.uncompressed_offset = c.info.uncompressed_offset;
-      ref.file_offset = c.file_offset;
-      spare.push_back(std::move(job));
-      return ref;
-    }
-    if (table.size() >= kMaxChunksPerBlob) throw ConvertError("nydus blob: more than 2^24 chunks");
-    if (next_uncompressed + round_up_4k(length) > kMaxUncompressedOffset)
-      throw ConvertError("nydus blob: uncompressed size exceeds 16 TiB (chunk info v1 limit)");
-    uint32_t index = static_cast<uint32_t>(table.size());
-    StoredChunk c{};
-    c.info.uncompressed_offset = next_uncompressed;
-    c.info.uncompressed_size = length;
-    c.digest = key.digest;
-    c.file_offset = file_offset;
-    table.push_back(c);
-    dedup.emplace(key, index);
-    next_uncompressed += round_up_4k(length);
-    ref.ci_index = index;
-    ref.uncompressed_offset = c.info.uncompressed_offset;
-    ref.file_offset = file_offset;
-    job->ci_index = index;
-    submit(std::move(job));
-    return ref;
+    files[file].push_back(ref);
+    if (batch.raw_size >= kBatchBytes) submit();  // full: no need to wait for the next chunk
   }
 
   uint32_t add_file(ByteSource& content, uint64_t size) {
     if (closed) throw ConvertError("nydus blob: add_file after close_data");
-    std::vector<rafs::ChunkRef> refs;
-    refs.reserve(
+    uint32_t file = static_cast<uint32_t>(files.size());
+    files.emplace_back().reserve(
         static_cast<size_t>(std::min<uint64_t>((size + options.chunk_size - 1) / options.chunk_size, 1 << 20)));
     for (uint64_t offset = 0; offset < size; offset += options.chunk_size) {
       uint32_t length = static_cast<uint32_t>(std::min<uint64_t>(options.chunk_size, size - offset));
-      refs.push_back(add_chunk(content, offset, length, size));
+      add_chunk(content, file, offset, length, size);
     }
-    files.push_back(std::move(refs));
-    return static_cast<uint32_t>(files.size() - 1);
+    return file;
   }
 
   void add_toc(const char* name, Compressor c, const Digest& digest, uint64_t offset, uint64_t csize, uint64_t usize) {
@@ -700,9 +859,11 @@ struct BlobWriter::Impl {
 
   rafs::BlobInfo close_data() {
     if (closed) throw ConvertError("nydus blob: close_data called twice");
+    submit();
     flush(0);
     stop_workers();
     closed = true;
+    spare.clear();
 
     info = rafs::BlobInfo{};
     info.blob_id = std::string(rafs::kPlaceholderBlobId);
@@ -717,12 +878,12 @@ struct BlobWriter::Impl {
     fill_chunk_refs();
     info.uncompressed_size = next_uncompressed;
 
-    // Region 1: the chunk data is out; its header closes it.
+    // Region 1: the chunk data is out; its header closes it. The chunk data starts the blob, so
+    // the TOC digest is that of everything written so far.
     uint64_t data_size = position;
     std::string blob_header = tar_header(kEntryBlob, data_size);
-    data_hash.update(blob_header.data(), blob_header.size());
     write(blob_header.data(), blob_header.size());
-    add_toc(kEntryBlob, Compressor::none, data_hash.finish(), 0, data_size, info.uncompressed_size);
+    add_toc(kEntryBlob, Compressor::none, blob_hash.peek(), 0, data_size, info.uncompressed_size);
 
     write_blob_meta();
     write_chunk_digests();
@@ -734,10 +895,13 @@ struct BlobWriter::Impl {
   void fill_chunk_refs() {
     for (auto& refs : files)
       for (auto& r : refs) {
-        const ChunkInfo& c = table[r.ci_index].info;
-        r.compressed_offset = c.compressed_offset;
-        r.compressed_size = c.compressed_size;
-        r.compressed = c.compressed();
+        const StoredChunk& c = table[r.ci_index];
+        r.uncompressed_offset = c.info.uncompressed_offset;
+        r.compressed_offset = c.info.compressed_offset;
+        r.compressed_size = c.info.compressed_size;
+        r.compressed = c.info.compressed();
+        r.digest = c.digest;
+        r.file_offset = c.file_offset;  // the first file's, for a duplicate too
       }
   }
 
@@ -797,6 +961,7 @@ struct BlobWriter::Impl {
     std::string entries(toc.size() * kTocEntrySize, '\0');
     for (size_t i = 0; i < toc.size(); ++i) encode_toc_entry(entries.data() + i * kTocEntrySize, toc[i]);
     write_region(kEntryToc, entries);
+    blob_digest = blob_hash.finish();
     return position;
   }
 };
@@ -815,6 +980,17 @@ const std::vector<rafs::ChunkRef>& BlobWriter::chunks_of(uint32_t file) const {
 }
 
 uint64_t BlobWriter::finish(std::string_view bootstrap) { return impl_->finish(bootstrap); }
+
+std::string BlobWriter::digest() const {
+  if (!impl_->finished) throw ConvertError("nydus blob: digest before finish");
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out = "sha256:";
+  for (unsigned char b : impl_->blob_digest) {
+    out += hex[b >> 4];
+    out += hex[b & 15];
+  }
+  return out;
+}
 
 // ---- reading -------------------------------------------------------------------------------------
 

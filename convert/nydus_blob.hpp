@@ -9,7 +9,8 @@
 //
 // Writing streams: chunk data goes out as it is compressed (on `threads` threads, written in
 // order, so the bytes do not depend on the thread count); only the chunk table (tens of bytes
-// per chunk) stays in memory. Reading is for the merge step and `accel-proxy check`: the TOC,
+// per chunk) stays in memory. Until close_data() returns, the sink may be written from those
+// threads (one at a time), so it must not be tied to the caller's thread. Reading is for the merge step and `accel-proxy check`: the TOC,
 // the blob meta and the chunks, each checked the way nydusd checks them.
 #pragma once
 
@@ -61,6 +62,9 @@ class BlobWriter {
   // (the per-layer bootstrap, zstd-compressed when that is smaller) and the TOC, each followed
   // by its tar header. Returns the blob's total size.
   uint64_t finish(std::string_view bootstrap);
+
+  // "sha256:<hex>" of everything written to the sink, the blob's digest. Valid after finish().
+  std::string digest() const;
 
  private:
   struct Impl;

@@ -325,6 +325,87 @@ TEST_CASE("nydus blob output does not depend on the thread count", "[nydus_blob]
   }
 }
 
+// Many small files travel to the workers in batches, and the dedup decision is made when they
+// are written: duplicates inside one batch and across batches, batches cut by size and by
+// chunk count, all giving the same bytes for any thread count, with chunk indexes in order of
+// first use.
+TEST_CASE("nydus blob with many small files, duplicates and batches", "[nydus_blob]") {
+  std::vector<std::string> files;
+  for (int i = 0; i < 3000; ++i) {
+    int seed = i % 500;  // the same seed gives the same size and content: a duplicate
+    files.push_back(text_bytes(1 + static_cast<size_t>(seed) * 37 % 3000, seed));
+    if (i % 100 == 0) files.push_back(text_bytes(5 * kChunk + 7, 1000 + i));  // full chunks between
+  }
+  for (int i = 0; i < 2500; ++i) files.push_back(std::string(1 + i % 8, static_cast<char>('a' + i % 3)));
+  std::string bootstrap = bootstrap_bytes();
+  for (auto c : {rf::Compressor::zstd, rf::Compressor::lz4_block, rf::Compressor::none}) {
+    INFO("compressor " << static_cast<int>(c));
+    Built one = build(files, options_for(c, 1), bootstrap, 100000);
+    for (unsigned threads : {2u, 3u}) {
+      Built many = build(files, options_for(c, threads), bootstrap, 100000);
+      CHECK(many.blob == one.blob);
+    }
+    check_round_trip(files, one, c, bootstrap);
+    uint32_t next = 0;
+    std::map<std::string, uint32_t> index_of;
+    for (size_t f = 0; f < files.size(); ++f) {
+      if (files[f].size() > kChunk) continue;
+      REQUIRE(one.chunks[f].size() == 1);
+      uint32_t index = one.chunks[f][0].ci_index;
+      auto [it, added] = index_of.emplace(files[f], index);
+      CHECK(it->second == index);  // equal content, one chunk
+      if (added) CHECK(index >= next);
+      next = std::max(next, index + 1);
+    }
+    CHECK(one.info.chunk_count < files.size() / 2);
+  }
+}
+
+TEST_CASE("nydus blob digest is the sha256 of everything written", "[nydus_blob]") {
+  for (unsigned threads : {1u, 2u}) {
+    StringSink sink;
+    BlobWriter writer(sink, options_for(rf::Compressor::zstd, threads));
+    for (const auto& f : sample_files()) {
+      MemorySource source(f);
+      writer.add_file(source, f.size());
+    }
+    writer.close_data();
+    CHECK_THROWS_AS(writer.digest(), ConvertError);
+    writer.finish(bootstrap_bytes());
+    CHECK(writer.digest() == Sha256::of(sink.data));
+  }
+}
+
+// A sink that fails once it has taken `limit` bytes.
+class FailingSink : public ByteSink {
+ public:
+  explicit FailingSink(size_t limit) : limit_(limit) {}
+  void write(const void*, size_t size) override {
+    if (size > limit_) throw ConvertError("disk full");
+    limit_ -= size;
+  }
+
+ private:
+  size_t limit_;
+};
+
+TEST_CASE("nydus blob writer passes on the sink's error", "[nydus_blob]") {
+  for (unsigned threads : {1u, 2u}) {
+    FailingSink sink(100000);
+    BlobWriter writer(sink, options_for(rf::Compressor::none, threads));
+    auto write_all = [&] {
+      for (int i = 0; i < 200; ++i) {
+        std::string f = text_bytes(3 * kChunk, 50 + i);
+        MemorySource source(f);
+        writer.add_file(source, f.size());
+      }
+      writer.close_data();
+      writer.finish("");
+    };
+    CHECK_THROWS_WITH(write_all(), Catch::Contains("disk full"));
+  }
+}
+
 TEST_CASE("nydus blob with no file data has only image.boot and the TOC", "[nydus_blob]") {
   std::string bootstrap = random_bytes(4096, 7);  // incompressible: stored raw
   Built b = build({"", ""}, options_for(rf::Compressor::zstd), bootstrap);

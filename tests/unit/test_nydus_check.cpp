@@ -24,8 +24,10 @@ using nlohmann::json;
 namespace {
 
 struct FileSpec {
+  FileSpec(std::string n, EntryType t, std::string c = "", std::string l = "")
+      : name(std::move(n)), type(t), content(std::move(c)), link(std::move(l)) {}
   std::string name;
-  EntryType type = EntryType::regular;
+  EntryType type;
   std::string content;
   std::string link;
 };
