@@ -1,5 +1,6 @@
 #include "convert/nydus.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <optional>
@@ -511,7 +512,7 @@ rafs::Bootstrap merge_layers(const std::vector<rafs::Bootstrap>& layers, const s
   return merged;
 }
 
-std::string bootstrap_layer_tar(std::string_view bootstrap) {
+std::string bootstrap_layer_tar(std::string_view bootstrap, const BlobMetaFiles& blob_metas) {
   StringSink sink;
   TarWriter writer(sink);
   TarEntry dir;
@@ -527,6 +528,14 @@ std::string bootstrap_layer_tar(std::string_view bootstrap) {
   writer.write_header(file);
   writer.write_content(bootstrap.data(), bootstrap.size());
   writer.pad();
+  for (const auto& [id, meta] : blob_metas) {
+    TarEntry m = file;
+    m.name = "image/" + id + ".blob.meta";
+    m.size = meta.size();
+    writer.write_header(m);
+    writer.write_content(meta.data(), meta.size());
+    writer.pad();
+  }
   writer.finish();
   return std::move(sink.data);
 }
@@ -551,7 +560,14 @@ std::optional<AddedLayer> NydusFormat::finish_image(const std::vector<ConvertedL
   rafs::Bootstrap merged = merge_layers(bootstraps, blob_ids);
   for (const auto& path : options.prioritized_files)
     merged.prefetch.push_back(path.starts_with("/") ? path : "/" + path);
-  std::string tar = bootstrap_layer_tar(rafs::write_bootstrap(merged));
+  BlobMetaFiles metas;
+  for (const auto& blob : merged.blobs) {
+    const ConvertedLayer& layer = layers.at(std::find(blob_ids.begin(), blob_ids.end(), blob.blob_id) - blob_ids.begin());
+    OpenBlobAt open = [&](uint64_t offset) { return blobs.open(layer, offset); };
+    std::string region = read_blob_range(open, blob.ci_offset, blob.ci_compressed_size + nydus::kBlobMetaHeaderSize);
+    metas.emplace_back(blob.blob_id, nydus::blob_meta_cache_file(region, blob));
+  }
+  std::string tar = bootstrap_layer_tar(rafs::write_bootstrap(merged), metas);
   std::string gz = gzip_member(tar.data(), tar.size(), 9);
 
   AddedLayer added;

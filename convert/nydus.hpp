@@ -51,8 +51,13 @@ std::string read_inline_bootstrap(const OpenBlobAt& open, uint64_t blob_size);
 // order, with `blob_ids[i]` as layer i's id. The result is ready for write_bootstrap().
 rafs::Bootstrap merge_layers(const std::vector<rafs::Bootstrap>& layers, const std::vector<std::string>& blob_ids);
 
-// The bootstrap layer's bytes: a tar (gzip-compressed by the caller) holding `image/` and
-// `image/image.boot`, with fixed owners and times so the same bootstrap gives the same digest.
-std::string bootstrap_layer_tar(std::string_view bootstrap);
+// One nydusd blob-meta cache file per blob, `image/<blob id>.blob.meta`: nydus-snapshotter
+// copies them into nydusd's cache, which then need not fetch each blob's meta at start-up.
+using BlobMetaFiles = std::vector<std::pair<std::string, std::string>>;  // (blob id, file bytes)
+
+// The bootstrap layer's bytes: a tar (gzip-compressed by the caller) holding `image/`,
+// `image/image.boot` and the blob-meta files, with fixed owners and times so the same
+// bootstrap gives the same digest.
+std::string bootstrap_layer_tar(std::string_view bootstrap, const BlobMetaFiles& blob_metas = {});
 
 }  // namespace accel::convert

@@ -46,8 +46,9 @@ Descriptor layer_descriptor(const nlohmann::json& layer) {
 }
 
 // The merged bootstrap from the bootstrap layer (a tar.gz with image/image.boot, or image.boot
-// at the root as older converters wrote it), checked against the layer's digest.
-std::string read_bootstrap_layer(ImageSource& source, const Descriptor& layer) {
+// at the root as older converters wrote it), checked against the layer's digest; the
+// blob-meta cache files it carries (image/<blob id>.blob.meta) go to `metas`.
+std::string read_bootstrap_layer(ImageSource& source, const Descriptor& layer, std::map<std::string, std::string>& metas) {
   auto raw = source.open_blob(layer);
   HashingSource compressed(*raw);
   auto decompressed = open_decompressed(compressed);
@@ -58,6 +59,18 @@ std::string read_bootstrap_layer(ImageSource& source, const Descriptor& layer) {
   while (tar.next(entry)) {
     std::string name = entry.name;
     while (name.starts_with("./")) name.erase(0, 2);
+    if (entry.type == EntryType::regular && name.starts_with("image/") && name.ends_with(".blob.meta")) {
+      if (entry.size > (uint64_t{300} << 20)) throw ConvertError(name + " is larger than a blob meta can be");
+      std::string meta(entry.size, '\0');
+      size_t got = 0;
+      while (got < entry.size) {
+        size_t n = tar.read(meta.data() + got, entry.size - got);
+        if (n == 0) throw ConvertError(name + " is truncated");
+        got += n;
+      }
+      metas[name.substr(6, name.size() - 6 - 10)] = std::move(meta);
+      continue;
+    }
     if (entry.type != EntryType::regular || (name != kNydusBootstrapPath && name != "image.boot")) continue;
     if (entry.size > kMaxBootstrapBytes) throw ConvertError("image.boot is larger than 1 GiB");
     bootstrap.resize(entry.size);
@@ -218,8 +231,9 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
 
   std::string bootstrap_bytes;
   rafs::Bootstrap bootstrap;
+  std::map<std::string, std::string> metas;  // blob id -> blob-meta cache file in the bootstrap layer
   try {
-    bootstrap_bytes = read_bootstrap_layer(source, layers.back());
+    bootstrap_bytes = read_bootstrap_layer(source, layers.back(), metas);
     bootstrap = rafs::read_bootstrap(bootstrap_bytes);
   } catch (const ConvertError& e) {
     report.faults.push_back(where + "bootstrap: " + e.what());
@@ -246,6 +260,12 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
   for (const auto& inode : bootstrap.tree.inodes)
     for (const auto& c : inode.chunks) refs.at(c.blob_index).emplace(c.ci_index, c);
 
+  for (const auto& [id, meta] : metas) {
+    bool named = false;
+    for (const auto& blob : bootstrap.blobs) named = named || blob.blob_id == id;
+    if (!named) report.faults.push_back(where + "bootstrap layer: image/" + id + ".blob.meta names no blob of the bootstrap");
+  }
+
   for (size_t b = 0; b < bootstrap.blobs.size(); ++b) {
     const rafs::BlobInfo& blob = bootstrap.blobs[b];
     const std::string bwhere = "blob " + std::to_string(b) + " (" + blob.blob_id.substr(0, 12) + "): ";
@@ -271,6 +291,12 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
         throw ConvertError(std::string("truncated blob meta: ") + e.what());
       }
       auto chunks = nydus::parse_blob_meta(meta, blob);
+      // A blob-meta cache file the bootstrap layer carries must be exactly what nydusd would
+      // make from the blob: nydus-snapshotter puts it in nydusd's cache as it is.
+      if (auto cached = metas.find(blob.blob_id); cached != metas.end()) {
+        if (cached->second != nydus::blob_meta_cache_file(meta, blob))
+          throw ConvertError("image/" + blob.blob_id + ".blob.meta in the bootstrap layer differs from the blob's meta");
+      }
       // Every chunk address must agree with the blob's own chunk info.
       std::map<uint32_t, rafs::Digest> digests;
       for (const auto& [ci, ref] : refs[b]) {
@@ -290,8 +316,6 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
       report.faults.push_back(bwhere + e.what());
     }
   }
-  // Blob layers the bootstrap does not name are allowed (layers without file data), but their
-  // bytes must still be the digest the manifest names: a client pulls them.
 }
 
 }  // namespace accel::convert

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <sys/stat.h>
 
@@ -138,6 +139,7 @@ struct Image {
   json manifest;
   json config;
   rafs::Bootstrap bootstrap;
+  std::map<std::string, std::string> blob_metas;  // blob id -> image/<id>.blob.meta
 };
 
 Image load(const std::string& dir) {
@@ -151,11 +153,11 @@ Image load(const std::string& dir) {
   TarReader tar(*tar_stream);
   TarEntry e;
   while (tar.next(e)) {
-    if (e.name != kNydusBootstrapPath) continue;
-    std::string boot(e.size, '\0');
+    std::string content(e.size, '\0');
     size_t got = 0;
-    while (got < boot.size()) got += tar.read(boot.data() + got, boot.size() - got);
-    image.bootstrap = rafs::read_bootstrap(boot);
+    while (got < content.size()) got += tar.read(content.data() + got, content.size() - got);
+    if (e.name == kNydusBootstrapPath) image.bootstrap = rafs::read_bootstrap(content);
+    else if (e.name.ends_with(".blob.meta")) image.blob_metas[e.name.substr(6, 64)] = content;
   }
   return image;
 }
@@ -199,6 +201,15 @@ TEST_CASE("a converted Nydus image passes check; its bootstrap is the merged tre
   CHECK(image.manifest["layers"][2]["annotations"][std::string(kNydusBootstrapAnnotation)] == "true");
   CHECK(image.config["rootfs"]["diff_ids"][0] == image.manifest["layers"][0]["digest"]);
   CHECK(image.config["history"].back()["comment"] == "Nydus Bootstrap Layer");
+  CHECK(image.blob_metas.size() == image.bootstrap.blobs.size());
+  for (size_t b = 0; b < image.bootstrap.blobs.size(); ++b) {
+    const auto& blob = image.bootstrap.blobs[b];
+    std::string bytes = read_file(OciLayout(tmp.path() + "/dst", false).blob_path("sha256:" + blob.blob_id));
+    std::string region = bytes.substr(blob.ci_offset, blob.ci_compressed_size + nydus::kBlobMetaHeaderSize);
+    CHECK(image.blob_metas.at(blob.blob_id) == nydus::blob_meta_cache_file(region, blob));
+    // nydusd's cache file: the chunk-info array padded to 4 KiB, then the 4096-byte header.
+    CHECK(image.blob_metas.at(blob.blob_id).size() % 4096 == 0);
+  }
   OciLayout src(tmp.path() + "/src", false);
   CHECK(image.manifest["subject"]["digest"] == src.get_manifest("v1").digest);
 
@@ -321,6 +332,31 @@ TEST_CASE("check names each deliberate fault", "[nydus_check]") {
     INFO(faults(report));
     CHECK(has_fault(report, "chunk index " + std::to_string(moved)));
     CHECK(has_fault(report, "beyond its blob's chunk count"));
+  }
+
+  SECTION("a blob-meta cache file in the bootstrap layer that differs from the blob's") {
+    const auto& blob = image.bootstrap.blobs[0];
+    std::string region = read_file(blob0).substr(blob.ci_offset, blob.ci_compressed_size + nydus::kBlobMetaHeaderSize);
+    std::string meta = nydus::blob_meta_cache_file(region, blob);
+    meta[0] ^= 1;
+    std::string tar = bootstrap_layer_tar(rafs::write_bootstrap(image.bootstrap), {{blob.blob_id, meta}});
+    // replace_bootstrap writes its own tar; write this one the same way.
+    std::string gz = gzip_member(tar.data(), tar.size(), 6);
+    write_blob(dst, gz);
+    Image changed = image;
+    changed.manifest["layers"].back()["digest"] = Sha256::of(gz);
+    changed.manifest["layers"].back()["size"] = gz.size();
+    changed.config["rootfs"]["diff_ids"].back() = Sha256::of(tar);
+    std::string config = changed.config.dump();
+    write_blob(dst, config);
+    changed.manifest["config"]["digest"] = Sha256::of(config);
+    changed.manifest["config"]["size"] = config.size();
+    ManifestBytes m{media_type::oci_manifest, changed.manifest.dump(), ""};
+    m.digest = Sha256::of(m.bytes);
+    OciLayout(dst, false).put_manifest(m, "v1");
+    auto report = check(dst);
+    INFO(faults(report));
+    CHECK(has_fault(report, ".blob.meta in the bootstrap layer differs from the blob's meta"));
   }
 
   SECTION("a blob meta header that disagrees with the blob table") {
