@@ -277,15 +277,6 @@ class EstargzWriter {
   std::vector<TocRecord> toc_;
 };
 
-// Gives the content of the reader's current entry.
-class EntryContent : public ByteSource {
- public:
-  explicit EntryContent(TarReader& reader) : reader_(reader) {}
-  size_t read(void* out, size_t size) override { return reader_.read(out, size); }
-
- private:
-  TarReader& reader_;
-};
 
 }  // namespace
 
@@ -349,7 +340,7 @@ ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, cons
   limits.max_total_bytes = options.max_uncompressed_bytes;
   limits.max_entry_bytes = options.max_uncompressed_bytes;
   TarReader reader(tar, limits);
-  EntryContent content(reader);
+  TarEntryContent content(reader);
   auto owned_by_writer = [](std::string_view name) {
     name = clean_name(name);
     return name == kEstargzTocName || name == kNoPrefetchLandmark || name == kPrefetchLandmark;
@@ -386,7 +377,7 @@ ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, cons
     writer.add_landmark(kPrefetchLandmark);
     FileSource spooled(spool_path);
     TarReader rest(spooled);
-    EntryContent rest_content(rest);
+    TarEntryContent rest_content(rest);
     while (rest.next(entry)) writer.add_entry(entry, rest_content);
   }
   auto result = writer.finish();

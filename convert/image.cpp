@@ -14,18 +14,6 @@ namespace {
 constexpr size_t kMaxManifestBytes = 4 << 20;
 constexpr uint64_t kProgressStep = 8 << 20;
 
-Descriptor descriptor_of(const nlohmann::json& d) {
-  Descriptor out;
-  if (!d.is_object() || !d.contains("digest") || !d["digest"].is_string() || !d.contains("size") ||
-      !d["size"].is_number_unsigned())
-    throw ConvertError("malformed descriptor in manifest: " + d.dump().substr(0, 200));
-  out.digest = d["digest"].get<std::string>();
-  out.size = d["size"].get<uint64_t>();
-  if (d.contains("mediaType") && d["mediaType"].is_string()) out.media_type = d["mediaType"].get<std::string>();
-  if (out.digest.rfind("sha256:", 0) != 0 || out.digest.size() != 71)
-    throw ConvertError("unsupported digest " + out.digest.substr(0, 80));
-  return out;
-}
 
 std::string oci_layer_media_type(const std::string& t) {
   if (t == "application/vnd.docker.image.rootfs.diff.tar.gzip") return "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -112,6 +100,19 @@ std::unique_ptr<ByteSource> ImageSource::open_blob_at(const Descriptor& blob, ui
 
 std::unique_ptr<ByteSource> ImageTarget::read_blob(const Descriptor& blob, uint64_t offset) {
   throw ConvertError("this destination cannot read back blob " + blob.digest);
+}
+
+Descriptor descriptor_of(const nlohmann::json& d) {
+  Descriptor out;
+  if (!d.is_object() || !d.contains("digest") || !d["digest"].is_string() || !d.contains("size") ||
+      !d["size"].is_number_unsigned())
+    throw ConvertError("malformed descriptor in manifest: " + d.dump().substr(0, 200));
+  out.digest = d["digest"].get<std::string>();
+  out.size = d["size"].get<uint64_t>();
+  if (d.contains("mediaType") && d["mediaType"].is_string()) out.media_type = d["mediaType"].get<std::string>();
+  if (out.digest.rfind("sha256:", 0) != 0 || out.digest.size() != 71)
+    throw ConvertError("unsupported digest " + out.digest.substr(0, 80));
+  return out;
 }
 
 bool is_index(const std::string& media_type) {

@@ -142,6 +142,8 @@ class ImageConverter {
   ImageConvertOptions options_;
 };
 
+// A descriptor of a manifest (digest, size, mediaType), checked; throws ConvertError.
+Descriptor descriptor_of(const nlohmann::json& descriptor);
 // Checks a manifest body against the size limit and parses it; throws ConvertError.
 nlohmann::json parse_manifest(const std::string& bytes);
 bool is_index(const std::string& media_type);

@@ -72,15 +72,6 @@ uint32_t type_bits(EntryType t) {
 
 bool is_dir(const rafs::Inode& inode) { return (inode.mode & S_IFMT) == S_IFDIR; }
 
-// The current tar entry's content, as a ByteSource for the blob writer.
-class EntryContent : public ByteSource {
- public:
-  explicit EntryContent(TarReader& reader) : reader_(reader) {}
-  size_t read(void* out, size_t size) override { return reader_.read(out, size); }
-
- private:
-  TarReader& reader_;
-};
 
 // The tree of one layer as its tar describes it. Inodes are never removed while building (a
 // replaced entry leaves an unreachable inode); flatten() keeps what the root reaches.
@@ -432,7 +423,7 @@ ConvertedLayer NydusFormat::convert_layer(ByteSource& tar, ByteSink& out, const 
     }
     std::optional<uint32_t> file;
     if (entry.type == EntryType::regular) {
-      EntryContent content(reader);
+      TarEntryContent content(reader);
       file = writer.add_file(content, entry.size);
     }
     tree.add(entry, path, file);

@@ -133,15 +133,6 @@ Digest sha256(std::string_view data) {
 
 // ---- compression -------------------------------------------------------------------------------
 
-const char* name_of(Compressor c) {
-  switch (c) {
-    case Compressor::none: return "none";
-    case Compressor::lz4_block: return "lz4_block";
-    case Compressor::gzip: return "gzip";
-    case Compressor::zstd: return "zstd";
-  }
-  return "unknown";
-}
 
 // Room compress_into() may need for `size` bytes.
 size_t compress_bound(Compressor c, size_t size) {
@@ -216,7 +207,7 @@ std::string decompress_exact(Compressor c, std::string_view stored, uint64_t siz
     if (static_cast<uint64_t>(n) != size) throw wrong_size();
     return out;
   }
-  throw ConvertError(what + ": unsupported compressor " + name_of(c));
+  throw ConvertError(what + ": unsupported compressor " + rafs::compressor_name(c));
 }
 
 uint32_t toc_flags(Compressor c) {
@@ -224,7 +215,7 @@ uint32_t toc_flags(Compressor c) {
     case Compressor::none: return kTocNone;
     case Compressor::zstd: return kTocZstd;
     case Compressor::lz4_block: return kTocLz4;
-    default: throw ConvertError(std::string("no TOC flag for compressor ") + name_of(c));
+    default: throw ConvertError(std::string("no TOC flag for compressor ") + rafs::compressor_name(c));
   }
 }
 
@@ -599,7 +590,7 @@ struct BlobWriter::Impl {
                          " is not a power of two between 4 KiB and 16 MiB");
     if (options.compressor != Compressor::none && options.compressor != Compressor::zstd &&
         options.compressor != Compressor::lz4_block)
-      throw ConvertError(std::string("nydus blob: unsupported compressor ") + name_of(options.compressor));
+      throw ConvertError(std::string("nydus blob: unsupported compressor ") + rafs::compressor_name(options.compressor));
     if (options.threads == 0) options.threads = 1;
     window = 2 * size_t{options.threads} + 2;
     batch_capacity = std::max<size_t>(kBatchBytes, options.chunk_size);

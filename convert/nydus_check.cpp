@@ -34,17 +34,6 @@ std::string hex(const rafs::Digest& d) {
   return out;
 }
 
-Descriptor layer_descriptor(const nlohmann::json& layer) {
-  Descriptor d;
-  if (!layer.is_object() || !layer.contains("digest") || !layer["digest"].is_string() || !layer.contains("size") ||
-      !layer["size"].is_number_unsigned())
-    throw ConvertError("malformed layer descriptor " + layer.dump().substr(0, 200));
-  d.digest = layer["digest"].get<std::string>();
-  d.size = layer["size"].get<uint64_t>();
-  d.media_type = layer.value("mediaType", "");
-  return d;
-}
-
 // The merged bootstrap from the bootstrap layer (a tar.gz with image/image.boot, or image.boot
 // at the root as older converters wrote it), checked against the layer's digest; the
 // blob-meta cache files it carries (image/<blob id>.blob.meta) go to `metas`.
@@ -211,7 +200,7 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
       throw ConvertError("no layers");
     const auto& list = doc["layers"];
     for (size_t i = 0; i < list.size(); ++i) {
-      layers.push_back(layer_descriptor(list[i]));
+      layers.push_back(descriptor_of(list[i]));
       if (i + 1 < list.size()) {
         if (layers.back().media_type != kNydusBlobMediaType)
           report.faults.push_back(where + "layer " + std::to_string(i) + " is " + layers.back().media_type +

@@ -84,6 +84,16 @@ class TarReader {
   std::unique_ptr<Impl> impl_;
 };
 
+// The reader's current entry's content as a ByteSource (for writers that pull content).
+class TarEntryContent : public ByteSource {
+ public:
+  explicit TarEntryContent(TarReader& reader) : reader_(reader) {}
+  size_t read(void* out, size_t size) override { return reader_.read(out, size); }
+
+ private:
+  TarReader& reader_;
+};
+
 // Encodes headers like Go's archive/tar Writer: a ustar header when every field fits, otherwise a
 // PAX extended header ('x') first. Content is written by the caller, then pad().
 class TarWriter {

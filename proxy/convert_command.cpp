@@ -157,6 +157,36 @@ uint64_t parse_number(std::string_view flag, std::string_view value) {
   }
 }
 
+// Walks command-line arguments: "--name value", "--name=value" and positional ones.
+class ArgWalker {
+ public:
+  explicit ArgWalker(const std::vector<std::string_view>& args) : args_(args) {}
+  // Advances to the next argument; false at the end. flag() is "--name" (or the positional).
+  bool next() {
+    if (++i_ >= args_.size()) return false;
+    flag_ = std::string(args_[i_]);
+    has_value_ = flag_.starts_with("--") && flag_.find('=') != std::string::npos;
+    if (has_value_) {
+      value_ = flag_.substr(flag_.find('=') + 1);
+      flag_.resize(flag_.find('='));
+    }
+    return true;
+  }
+  const std::string& flag() const { return flag_; }
+  // The current flag's value: after '=', or the next argument.
+  std::string value() {
+    if (has_value_) return value_;
+    if (i_ + 1 >= args_.size()) throw ConvertError(flag_ + " needs a value");
+    return std::string(args_[++i_]);
+  }
+
+ private:
+  const std::vector<std::string_view>& args_;
+  size_t i_ = static_cast<size_t>(-1);
+  std::string flag_, value_;
+  bool has_value_ = false;
+};
+
 std::string known_formats() {
   std::string names;
   for (const auto* f : convert::all_formats()) names += (names.empty() ? "" : ", ") + std::string(f->name());
@@ -176,19 +206,10 @@ std::vector<std::string> parse_args(const std::vector<std::string_view>& args, C
   common.layer.threads = std::max(1u, std::thread::hardware_concurrency());
   common.layer.compression_level = 6;  // chosen by bench/convert: see docs/DECISIONS.md
   std::optional<uint64_t> chunk_size, level;  // their meaning depends on the format
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string a(args[i]), value;
-    bool has_value = false;
-    if (a.starts_with("--") && a.find('=') != std::string::npos) {
-      value = a.substr(a.find('=') + 1);
-      a = a.substr(0, a.find('='));
-      has_value = true;
-    }
-    auto take = [&]() -> std::string {
-      if (has_value) return value;
-      if (i + 1 >= args.size()) throw ConvertError(a + " needs a value");
-      return std::string(args[++i]);
-    };
+  ArgWalker walk(args);
+  while (walk.next()) {
+    const std::string& a = walk.flag();
+    auto take = [&] { return walk.value(); };
     if (a == "--format") {
       std::string name = take();
       common.format = convert::find_format(name);
@@ -427,19 +448,10 @@ int run_check_command(const std::vector<std::string_view>& args) {
     std::vector<std::string> positional, platforms;
     std::string creds, authfile, devices;
     bool tls_verify = true;
-    for (size_t i = 0; i < args.size(); ++i) {
-      std::string a(args[i]), value;
-      bool has_value = false;
-      if (a.starts_with("--") && a.find('=') != std::string::npos) {
-        value = a.substr(a.find('=') + 1);
-        a = a.substr(0, a.find('='));
-        has_value = true;
-      }
-      auto take = [&]() -> std::string {
-        if (has_value) return value;
-        if (i + 1 >= args.size()) throw ConvertError(a + " needs a value");
-        return std::string(args[++i]);
-      };
+    ArgWalker walk(args);
+    while (walk.next()) {
+      const std::string& a = walk.flag();
+      auto take = [&] { return walk.value(); };
       if (a == "--platform") platforms.push_back(take());
       else if (a == "--creds") creds = take();
       else if (a == "--authfile") authfile = take();

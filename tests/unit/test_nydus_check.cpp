@@ -162,9 +162,8 @@ Image load(const std::string& dir) {
   return image;
 }
 
-// Writes `bootstrap` as the image's bootstrap layer (new config and manifest, tag "v1").
-void replace_bootstrap(const std::string& dir, Image image, const std::string& bootstrap) {
-  std::string tar = bootstrap_layer_tar(bootstrap);
+// Writes `tar` as the image's bootstrap layer (new config and manifest, tag "v1").
+void replace_bootstrap_layer(const std::string& dir, Image image, const std::string& tar) {
   std::string gz = gzip_member(tar.data(), tar.size(), 6);
   write_blob(dir, gz);
   image.manifest["layers"].back()["digest"] = Sha256::of(gz);
@@ -177,6 +176,10 @@ void replace_bootstrap(const std::string& dir, Image image, const std::string& b
   ManifestBytes m{media_type::oci_manifest, image.manifest.dump(), ""};
   m.digest = Sha256::of(m.bytes);
   OciLayout(dir, false).put_manifest(m, "v1");
+}
+
+void replace_bootstrap(const std::string& dir, const Image& image, const std::string& bootstrap) {
+  replace_bootstrap_layer(dir, image, bootstrap_layer_tar(bootstrap));
 }
 
 std::string path_of_layer(const std::string& dir, const Image& image, size_t i) {
@@ -339,21 +342,7 @@ TEST_CASE("check names each deliberate fault", "[nydus_check]") {
     std::string region = read_file(blob0).substr(blob.ci_offset, blob.ci_compressed_size + nydus::kBlobMetaHeaderSize);
     std::string meta = nydus::blob_meta_cache_file(region, blob);
     meta[0] ^= 1;
-    std::string tar = bootstrap_layer_tar(rafs::write_bootstrap(image.bootstrap), {{blob.blob_id, meta}});
-    // replace_bootstrap writes its own tar; write this one the same way.
-    std::string gz = gzip_member(tar.data(), tar.size(), 6);
-    write_blob(dst, gz);
-    Image changed = image;
-    changed.manifest["layers"].back()["digest"] = Sha256::of(gz);
-    changed.manifest["layers"].back()["size"] = gz.size();
-    changed.config["rootfs"]["diff_ids"].back() = Sha256::of(tar);
-    std::string config = changed.config.dump();
-    write_blob(dst, config);
-    changed.manifest["config"]["digest"] = Sha256::of(config);
-    changed.manifest["config"]["size"] = config.size();
-    ManifestBytes m{media_type::oci_manifest, changed.manifest.dump(), ""};
-    m.digest = Sha256::of(m.bytes);
-    OciLayout(dst, false).put_manifest(m, "v1");
+    replace_bootstrap_layer(dst, image, bootstrap_layer_tar(rafs::write_bootstrap(image.bootstrap), {{blob.blob_id, meta}}));
     auto report = check(dst);
     INFO(faults(report));
     CHECK(has_fault(report, ".blob.meta in the bootstrap layer differs from the blob's meta"));
