@@ -466,7 +466,8 @@ std::string read_inline_bootstrap(const OpenBlobAt& open, uint64_t blob_size) {
   auto toc = nydus::parse_toc(read_blob_range(open, blob_size - tail_size, tail_size), blob_size);
   const nydus::TocEntry* boot = nydus::find_toc_entry(toc, "image.boot");
   if (!boot) throw ConvertError("blob TOC has no image.boot entry (not a blob made with an inline bootstrap)");
-  if (boot->uncompressed_size > (uint64_t{1} << 30)) throw ConvertError("blob's image.boot is larger than 1 GiB");
+  if (boot->uncompressed_size > (uint64_t{1} << 30) || boot->compressed_size > (uint64_t{1} << 30))
+    throw ConvertError("blob's image.boot is larger than 1 GiB");
   return nydus::extract_toc_entry(*boot, read_blob_range(open, boot->compressed_offset, boot->compressed_size));
 }
 

@@ -268,6 +268,11 @@ void check_nydus_manifest(ImageSource& source, const ManifestBytes& manifest, co
       if (blob.compressed_size > desc.size)
         throw ConvertError("the blob table's compressed size " + std::to_string(blob.compressed_size) +
                            " is past the blob's end (" + std::to_string(desc.size) + " bytes)");
+      // nydusd takes at most 256 MiB of chunk infos; a larger claim is refused before any
+      // memory is set aside for it.
+      if (blob.ci_compressed_size > (uint64_t{256} << 20))
+        throw ConvertError("the blob table's chunk-info size " + std::to_string(blob.ci_compressed_size) +
+                           " is over the 256 MiB nydusd accepts");
       uint64_t region = blob.ci_compressed_size + nydus::kBlobMetaHeaderSize;
       if (blob.ci_offset > desc.size || region > desc.size - blob.ci_offset)
         throw ConvertError("blob meta [" + std::to_string(blob.ci_offset) + ", +" + std::to_string(region) +
