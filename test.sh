@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests and integration tests against real registries and
-# clients (ctest), then the unit tests and the pass-through integration tests under
-# AddressSanitizer + UndefinedBehaviorSanitizer, then a short libFuzzer run of every fuzz
+# clients (ctest), then the unit tests, the pass-through integration tests and the Nydus suites
+# under AddressSanitizer + UndefinedBehaviorSanitizer, then a short libFuzzer run of every fuzz
 # target (also under the sanitizers). Installs what it needs first (Debian 12).
 #   ./test.sh            everything
 #   ./test.sh --quick    skip the sanitizer build and the fuzz run
@@ -36,6 +36,17 @@ cmake --build build-asan -j"$jobs" --target accel-proxy
   ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     test_passthrough.py test_range.py test_bad_input.py test_tags_referrers.py test_routing.py \
     test_auth.py test_operations.py test_tls.py test_coalescing.py)
+
+echo "== Nydus conversion, check and convert-on-pull against the ASan + UBSan binary"
+# The conversion threads end to end (tar, blob writer, bootstrap, merge, check) under the
+# sanitizers, with the kernel mounting what they wrote.
+(cd tests/nydus &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider .)
+(cd tests/integration &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+    test_nydus_variants.py test_nydus_convert.py)
 
 echo "== fuzz targets, ${FUZZ_SECONDS:-20}s each (build-fuzz/)"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACCEL_FUZZ=ON >/dev/null
