@@ -56,7 +56,10 @@ for target in "${fuzz_targets[@]}"; do
   work=$(mktemp -d)
   ./build-fuzz/fuzz-$target -max_total_time="${FUZZ_SECONDS:-20}" -max_len=65536 -artifact_prefix="$work/" \
     "$work" tests/fuzz/corpus/$target 2>&1 | grep -E '^(Done|==.*ERROR)' || true
-  if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* >/dev/null 2>&1; then
+  # Any one kind of artifact is a failure (ls of all four patterns at once failed whenever one
+  # kind was missing, so it never reported anything).
+  if compgen -G "$work/crash-*" >/dev/null || compgen -G "$work/leak-*" >/dev/null ||
+     compgen -G "$work/timeout-*" >/dev/null || compgen -G "$work/oom-*" >/dev/null; then
     echo "fuzz-$target found a failing input:"; ls "$work"; exit 1
   fi
   rm -rf "$work"

@@ -1,10 +1,12 @@
 // libFuzzer target: the input read as a RAFS v6 bootstrap. A malformed bootstrap must end in a
 // ConvertError, never a crash, hang or unbounded allocation. One that reads cleanly is written
 // again and read back: the writer must accept what the reader produced, and the second reading
-// must give the same tree (the model round-trips).
+// must give the same tree, compared from the root by names (the model round-trips; inode
+// indexes follow each bootstrap's own layout).
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "convert/byte_source.hpp"
 #include "convert/rafs_v6.hpp"
@@ -13,14 +15,25 @@ using namespace accel::convert;
 
 namespace {
 
-bool same_tree(const rafs::Tree& a, const rafs::Tree& b) {
-  if (a.inodes.size() != b.inodes.size()) return false;
-  for (size_t i = 0; i < a.inodes.size(); ++i) {
-    const auto& x = a.inodes[i];
-    const auto& y = b.inodes[i];
-    if (x.mode != y.mode || x.uid != y.uid || x.gid != y.gid || x.size != y.size || x.children != y.children ||
-        x.symlink_target != y.symlink_target || x.xattrs != y.xattrs || x.chunks.size() != y.chunks.size())
-      return false;
+bool same_inode(const rafs::Inode& x, const rafs::Inode& y) {
+  return x.mode == y.mode && x.uid == y.uid && x.gid == y.gid && x.size == y.size &&
+         x.symlink_target == y.symlink_target && x.xattrs == y.xattrs && x.chunks.size() == y.chunks.size() &&
+         x.children.size() == y.children.size();
+}
+
+// The same tree from the root by names: the writer lays inodes out in its own order, so the
+// indexes of a bootstrap read back need not be those of the one it was written from.
+bool same_tree(const rafs::Tree& a, uint32_t ia, const rafs::Tree& b, uint32_t ib,
+               std::unordered_map<uint32_t, uint32_t>& seen) {
+  if (ia >= a.inodes.size() || ib >= b.inodes.size()) return false;
+  if (auto it = seen.find(ia); it != seen.end()) return it->second == ib;  // a hardlink: the same inode again
+  seen[ia] = ib;
+  const auto& x = a.inodes[ia];
+  const auto& y = b.inodes[ib];
+  if (!same_inode(x, y)) return false;
+  for (size_t i = 0; i < x.children.size(); ++i) {
+    if (x.children[i].first != y.children[i].first) return false;
+    if (!same_tree(a, x.children[i].second, b, y.children[i].second, seen)) return false;
   }
   return true;
 }
@@ -41,6 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;  // a valid bootstrap the writer cannot express (compact-only features): allowed
   }
   rafs::Bootstrap second = rafs::read_bootstrap(again);  // must not throw
-  if (!same_tree(first.tree, second.tree)) __builtin_trap();
+  std::unordered_map<uint32_t, uint32_t> seen;
+  if (!same_tree(first.tree, 0, second.tree, 0, seen)) __builtin_trap();
   return 0;
 }
