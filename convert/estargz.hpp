@@ -16,6 +16,9 @@ class EstargzFormat : public LayerFormat {
  public:
   std::string_view name() const override { return "estargz"; }
   bool is_converted(const nlohmann::json& layer_descriptor) const override;
+  std::string options_key(const LayerOptions& options) const override {
+    return "chunk=" + std::to_string(options.chunk_size) + ",level=" + std::to_string(options.compression_level);
+  }
   ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const override;
 };
 

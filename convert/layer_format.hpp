@@ -62,6 +62,9 @@ class LayerFormat {
   virtual std::string_view name() const = 0;
   // True when a layer descriptor shows the layer is already in this format (kept as it is).
   virtual bool is_converted(const nlohmann::json& layer_descriptor) const = 0;
+  // The options that change this format's output, as text for cache keys ("chunk=...,level=...");
+  // the prefetch list is the caller's to add.
+  virtual std::string options_key(const LayerOptions& options) const = 0;
   // The most layers one image of this format can have (Nydus: 254 blobs per bootstrap).
   virtual size_t max_layers() const { return SIZE_MAX; }
   // Converts one layer. `tar` yields the source layer's uncompressed tar; the new blob goes to

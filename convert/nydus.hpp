@@ -31,6 +31,10 @@ class NydusFormat : public LayerFormat {
   std::string_view name() const override { return "nydus"; }
   bool is_converted(const nlohmann::json& layer_descriptor) const override;
   size_t max_layers() const override { return 254; }  // EROFS device ids are one byte
+  std::string options_key(const LayerOptions& options) const override {
+    return "chunk=" + std::to_string(options.nydus.chunk_size) + ",compressor=" + options.nydus.compressor +
+           ",level=" + std::to_string(options.nydus.level);
+  }
   ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const override;
   std::optional<AddedLayer> finish_image(const std::vector<ConvertedLayer>& layers, BlobReader& blobs,
                                          const LayerOptions& options) const override;

@@ -223,19 +223,24 @@ const std::vector<std::string>& Conversions::prefetch_files(const ConversionKey&
   return none;
 }
 
+convert::LayerOptions Conversions::layer_options(const ConversionKey& key) const {
+  convert::LayerOptions layer;
+  layer.compression_level = config_.variants.compression_level;
+  layer.nydus.chunk_size = config_.variants.nydus.chunk_size;
+  layer.nydus.compressor = config_.variants.nydus.compressor;
+  layer.nydus.level = config_.variants.nydus.compression_level;
+  layer.prioritized_files = prefetch_files(key);
+  layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
+  return layer;
+}
+
 std::string Conversions::options_key(const ConversionKey& key) const {
-  std::string options;
-  if (key.format == "nydus") {
-    const auto& n = config_.variants.nydus;
-    options = "chunk=" + std::to_string(n.chunk_size) + ",compressor=" + n.compressor +
-              ",level=" + std::to_string(n.compression_level);
-  } else {
-    options = "chunk=" + std::to_string(convert::LayerOptions{}.chunk_size) +
-              ",level=" + std::to_string(config_.variants.compression_level);
-  }
-  if (const auto& files = prefetch_files(key); !files.empty()) {
+  const auto* format = convert::find_format(key.format);
+  const convert::LayerOptions layer = layer_options(key);
+  std::string options = format ? format->options_key(layer) : "";
+  if (!layer.prioritized_files.empty()) {
     std::string list;
-    for (const auto& f : files) list += f + '\n';
+    for (const auto& f : layer.prioritized_files) list += f + '\n';
     options += ",prefetch=" + convert::Sha256::of(list).substr(7, 16);
   }
   return options;
@@ -320,13 +325,8 @@ void Conversions::run(ConversionJob& job) {
     CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key));
 
     convert::ImageConvertOptions options;
-    options.layer.compression_level = config_.variants.compression_level;
-    options.layer.nydus.chunk_size = config_.variants.nydus.chunk_size;
-    options.layer.nydus.compressor = config_.variants.nydus.compressor;
-    options.layer.nydus.level = config_.variants.nydus.compression_level;
-    options.layer.prioritized_files = prefetch_files(key);
+    options.layer = layer_options(key);
     options.max_image_bytes = config_.variants.max_image_bytes;
-    options.layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
     options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
     options.layer.work_dir = options.work_dir;
     options.layer_memo = &memo;

@@ -95,6 +95,8 @@ class Conversions {
   // The options part of cache keys for `format` (chunk size, level...).
   // The options a conversion of `key` uses, as part of its cache key: other options, other blobs.
   std::string options_key(const ConversionKey& key) const;
+  // The layer options the config gives a conversion of `key`.
+  convert::LayerOptions layer_options(const ConversionKey& key) const;
   // The prefetch list the config gives the key's repository (empty: none).
   const std::vector<std::string>& prefetch_files(const ConversionKey& key) const;
 
