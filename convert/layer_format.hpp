@@ -65,6 +65,9 @@ class LayerFormat {
   // The options that change this format's output, as text for cache keys ("chunk=...,level=...");
   // the prefetch list is the caller's to add.
   virtual std::string options_key(const LayerOptions& options) const = 0;
+  // Whether a variant in this format is listed before others among its source's referrers:
+  // a consumer that looks only at the first referrer (nydus-snapshotter) needs it there.
+  virtual bool listed_first_among_referrers() const { return false; }
   // The most layers one image of this format can have (Nydus: 254 blobs per bootstrap).
   virtual size_t max_layers() const { return SIZE_MAX; }
   // Converts one layer. `tar` yields the source layer's uncompressed tar; the new blob goes to

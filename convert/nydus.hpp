@@ -31,6 +31,8 @@ class NydusFormat : public LayerFormat {
   std::string_view name() const override { return "nydus"; }
   bool is_converted(const nlohmann::json& layer_descriptor) const override;
   size_t max_layers() const override { return 254; }  // EROFS device ids are one byte
+  // nydus-snapshotter's referrer detection reads only the first referrer.
+  bool listed_first_among_referrers() const override { return true; }
   std::string options_key(const LayerOptions& options) const override {
     return "chunk=" + std::to_string(options.nydus.chunk_size) + ",compressor=" + options.nydus.compressor +
            ",level=" + std::to_string(options.nydus.level);

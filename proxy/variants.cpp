@@ -19,6 +19,7 @@
 #include "proxy/oci_names.hpp"
 #include "proxy/oci_error.hpp"
 #include "proxy/range.hpp"
+#include "convert/formats.hpp"
 #include "proxy/referrers.hpp"
 #include "proxy/variant_request.hpp"
 #include "proxy/webhooks.hpp"
@@ -389,9 +390,8 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
                         {"artifactType", variant_artifact_type(format)},
                         {"annotations", {{"io.accel-proxy.variant.format", format},
                                          {"io.accel-proxy.variant.source", source_digest}}}};
-    // nydus-snapshotter's referrer detection reads only the first referrer listed: a Nydus
-    // variant goes first.
-    if (format == "nydus") out.insert(out.begin(), d.dump());
+    const auto* f = convert::find_format(format);
+    if (f && f->listed_first_among_referrers()) out.insert(out.begin(), d.dump());
     else out.push_back(d.dump());
   }
   return out;
