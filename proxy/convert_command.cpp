@@ -16,7 +16,7 @@
 #include "convert/nydus.hpp"
 #include "convert/oci_layout.hpp"
 #include "convert/streams.hpp"
-#include "proxy/registry_store.hpp"
+#include "variants/registry_store.hpp"
 
 namespace accel {
 

@@ -18,7 +18,7 @@
 #include "proxy/referrers.hpp"
 #include "proxy/route.hpp"
 #include "proxy/tags_page.hpp"
-#include "proxy/variants.hpp"
+#include "variants/variants.hpp"
 
 namespace accel {
 

@@ -34,7 +34,7 @@ struct ManifestFlights {
 };
 
 // Everything a request handler may use; one per worker thread except the shared parts.
-class Variants;  // proxy/variants.hpp
+class Variants;  // variants/variants.hpp
 
 struct ProxyContext {
   const Config& config;

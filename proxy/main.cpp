@@ -13,7 +13,7 @@
 #include "proxy/convert_command.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/server.hpp"
-#include "proxy/variants.hpp"
+#include "variants/variants.hpp"
 
 namespace {
 

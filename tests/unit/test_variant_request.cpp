@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "proxy/variant_request.hpp"
+#include "variants/variant_request.hpp"
 
 using namespace accel;
 

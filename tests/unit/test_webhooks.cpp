@@ -2,7 +2,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "proxy/webhooks.hpp"
+#include "variants/webhooks.hpp"
 
 using namespace accel;
 

@@ -18,7 +18,7 @@
 #include "cache/cache.hpp"
 #include "proxy/config.hpp"
 #include "proxy/metrics.hpp"
-#include "proxy/registry_store.hpp"
+#include "variants/registry_store.hpp"
 
 namespace accel {
 

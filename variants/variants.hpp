@@ -7,7 +7,7 @@
 
 #include "auth/read_grants.hpp"
 #include "cache/cache.hpp"
-#include "proxy/conversions.hpp"
+#include "variants/conversions.hpp"
 #include "proxy/forward.hpp"
 #include "proxy/route.hpp"
 

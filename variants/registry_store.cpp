@@ -1,4 +1,4 @@
-#include "proxy/registry_store.hpp"
+#include "variants/registry_store.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>

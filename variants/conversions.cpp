@@ -1,4 +1,4 @@
-#include "proxy/conversions.hpp"
+#include "variants/conversions.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -9,7 +9,7 @@
 #include "convert/image.hpp"
 #include "convert/sha256.hpp"
 #include "convert/streams.hpp"
-#include "proxy/webhooks.hpp"
+#include "variants/webhooks.hpp"
 
 namespace accel {
 

@@ -1,4 +1,4 @@
-#include "proxy/variant_request.hpp"
+#include "variants/variant_request.hpp"
 
 #include <cctype>
 

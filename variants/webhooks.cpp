@@ -1,4 +1,4 @@
-#include "proxy/webhooks.hpp"
+#include "variants/webhooks.hpp"
 
 #include <nlohmann/json.hpp>
 #include <stdexcept>

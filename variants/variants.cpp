@@ -1,4 +1,4 @@
-#include "proxy/variants.hpp"
+#include "variants/variants.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
@@ -21,8 +21,8 @@
 #include "proxy/range.hpp"
 #include "convert/formats.hpp"
 #include "proxy/referrers.hpp"
-#include "proxy/variant_request.hpp"
-#include "proxy/webhooks.hpp"
+#include "variants/variant_request.hpp"
+#include "variants/webhooks.hpp"
 #include <nlohmann/json.hpp>
 
 namespace accel {
