@@ -604,6 +604,18 @@ std::optional<std::string> Cache::member(const std::string& scope, const std::st
   });
 }
 
+std::vector<std::string> Cache::scopes_of(const std::string& digest) {
+  return impl_->index.read([&](lmdb::Txn& txn) {
+    std::vector<std::string> scopes;
+    const std::string prefix = member_key(digest, "");
+    txn.scan(impl_->members, prefix, [&](std::string_view key, std::string_view) {
+      scopes.emplace_back(key.substr(prefix.size()));
+      return true;
+    });
+    return scopes;
+  });
+}
+
 std::string Cache::temp_dir() const { return impl_->store.temp_dir(); }
 
 void Cache::put_failure(const std::string& key, const FailureRecord& record) {

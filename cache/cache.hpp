@@ -130,6 +130,8 @@ class Cache {
   // ("manifest:<digest>" or "blob:<digest>") a client must be able to read upstream to see it.
   void put_member(const std::string& scope, const std::string& digest, const std::string& proof);
   std::optional<std::string> member(const std::string& scope, const std::string& digest);
+  // Every scope the digest is a member of (write-back mounts a blob from one of them).
+  std::vector<std::string> scopes_of(const std::string& digest);
 
   // A directory on the cache's filesystem for files that will be adopted (emptied at open).
   std::string temp_dir() const;

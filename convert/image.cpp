@@ -368,7 +368,9 @@ ImageConverter::ManifestResult ImageConverter::convert_manifest(ImageSource& sou
       {"config", {{"mediaType", new_config_desc.media_type}, {"digest", new_config_desc.digest}, {"size", new_config_desc.size}}},
       {"layers", new_layers},
   };
-  if (doc.contains("annotations")) manifest["annotations"] = doc["annotations"];
+  if (doc.contains("annotations") && doc["annotations"].is_object()) manifest["annotations"] = doc["annotations"];
+  manifest["annotations"][kVariantFormatAnnotation] = std::string(format_.name());
+  manifest["annotations"][kVariantSourceAnnotation] = original.digest;
   if (options_.subject)
     manifest["subject"] = {{"mediaType", original.media_type}, {"digest", original.digest}, {"size", original.bytes.size()}};
   auto bytes = manifest_bytes(manifest, media_type::oci_manifest);
@@ -413,7 +415,9 @@ ImageConvertResult ImageConverter::convert(ImageSource& source, const std::strin
       result.manifest = top;
     } else {
       nlohmann::json new_index = {{"schemaVersion", 2}, {"mediaType", media_type::oci_index}, {"manifests", children}};
-      if (index.contains("annotations")) new_index["annotations"] = index["annotations"];
+      if (index.contains("annotations") && index["annotations"].is_object()) new_index["annotations"] = index["annotations"];
+      new_index["annotations"][kVariantFormatAnnotation] = std::string(format_.name());
+      new_index["annotations"][kVariantSourceAnnotation] = top.digest;
       if (options_.subject)
         new_index["subject"] = {{"mediaType", top.media_type}, {"digest", top.digest}, {"size", top.bytes.size()}};
       result.manifest = manifest_bytes(new_index, media_type::oci_index);

@@ -89,6 +89,11 @@ class LayerMemo {
   virtual void remember(const std::string& source_digest, const ConvertedLayer& layer) = 0;
 };
 
+// Every converted manifest and index names what it is a variant of, so a registry's copy can be
+// recognised without the proxy's cache (write-back, a second replica, `accel-proxy check`).
+inline constexpr const char* kVariantFormatAnnotation = "io.accel-proxy.variant.format";
+inline constexpr const char* kVariantSourceAnnotation = "io.accel-proxy.variant.source";
+
 struct ImageConvertOptions {
   LayerOptions layer;
   // "os/arch[/variant]" entries; empty means every platform of an index.

@@ -55,7 +55,7 @@ void parse_listen(const std::string& listen, Config& config) {
 UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   std::string where = "upstreams[" + std::to_string(index) + "]";
   check_keys(node, where, {"name", "url", "hosts", "ca_file", "insecure_skip_verify", "token_proxy",
-                           "max_idle_connections", "robot"});
+                           "max_idle_connections", "robot", "writeback"});
   UpstreamConfig u;
   if (!node["url"]) fail(where + ": 'url' is required");
   u.url = scalar<std::string>(node["url"], where + ".url");
@@ -70,6 +70,11 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   if (node["token_proxy"]) u.token_proxy = scalar<bool>(node["token_proxy"], where + ".token_proxy");
   if (node["max_idle_connections"])
     u.max_idle_connections = scalar<int>(node["max_idle_connections"], where + ".max_idle_connections");
+  if (auto writeback = node["writeback"]) {
+    check_keys(writeback, where + ".writeback", {"enabled", "tag"});
+    if (writeback["enabled"]) u.writeback.enabled = scalar<bool>(writeback["enabled"], where + ".writeback.enabled");
+    if (writeback["tag"]) u.writeback.tag = scalar<bool>(writeback["tag"], where + ".writeback.tag");
+  }
   if (auto robot = node["robot"]) {
     check_keys(robot, where + ".robot", {"username", "password"});
     if (robot["username"]) u.robot_username = scalar<std::string>(robot["username"], where + ".robot.username");

@@ -31,6 +31,13 @@ struct UpstreamConfig {
   int max_idle_connections = 64;
   // A robot account for conversions no client asked for (webhooks).
   std::string robot_username, robot_password;
+  // Write-back: each variant converted from this upstream is pushed back to it with the robot
+  // account, linked to its source (`subject`, or the referrers fallback tag), and with `tag`
+  // also under the source tag plus the format's suffix.
+  struct WriteBack {
+    bool enabled = false;
+    bool tag = false;
+  } writeback;
 
   bool tls() const { return scheme == "https"; }
   // "host" or "host:port" when the port is not the scheme's default: the Host header to send.

@@ -23,13 +23,21 @@ std::string empty_referrers_index();
 std::optional<std::string> filter_referrers(std::string_view index_json,
                                             const std::optional<std::string>& artifact_type);
 
-// The artifactType under which the proxy lists a variant of a manifest it holds ("estargz" ->
-// "application/vnd.accel-proxy.variant.estargz").
-std::string variant_artifact_type(std::string_view format);
+// The descriptor the Referrers API lists for a manifest (OCI distribution-spec 1.1): its media
+// type, digest and size; `artifactType` as the manifest's own, else its config's media type (an
+// index without one gets none); and the manifest's annotations. Nullopt when the bytes are not a
+// JSON object.
+std::optional<std::string> referrer_descriptor(std::string_view manifest_json, std::string_view media_type,
+                                               std::string_view digest);
+
+// A referrers index (the fallback tag's content) with `descriptor_json` appended, or nullopt
+// when it lists that digest already. A body that is not an index counts as empty.
+std::optional<std::string> append_referrer(std::string_view index_json, std::string_view descriptor_json);
 
 // Adds descriptors (JSON objects with mediaType, digest, size, artifactType, annotations) to
-// an index's manifests, before the ones it has, keeping the artifactType filter; the index is
-// returned re-serialised.
+// an index's manifests, before the ones it has, keeping the artifactType filter; an entry the
+// index lists already (the upstream holds a written-back variant too) is not repeated. The index
+// is returned re-serialised.
 std::string add_referrers(std::string_view index_json, const std::vector<std::string>& descriptors_json,
                           const std::optional<std::string>& artifact_type);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -9,7 +11,10 @@
 #include "convert/image.hpp"
 #include "convert/sha256.hpp"
 #include "convert/streams.hpp"
+#include "proxy/oci_names.hpp"
+#include "variants/upstream_variant.hpp"
 #include "variants/webhooks.hpp"
+#include "variants/writeback.hpp"
 
 namespace accel {
 
@@ -201,6 +206,9 @@ Conversions::Conversions(const Config& config, cache::Cache& cache, Metrics& met
   metrics_.describe("accel_proxy_conversion_bytes_total", T::counter, "Bytes read and written by conversions, by format and direction.");
   metrics_.describe("accel_proxy_conversion_joins_total", T::counter, "Requests that joined a conversion already under way.");
   metrics_.describe("accel_proxy_conversion_queue_depth", T::gauge, "Conversions waiting for a worker.");
+  metrics_.describe("accel_proxy_variants_found_upstream_total", T::counter, "Variants the upstream held already (not converted), by format.");
+  metrics_.describe("accel_proxy_writebacks_total", T::counter, "Variants pushed to their upstream, by format and outcome.");
+  metrics_.describe("accel_proxy_writeback_tags_total", T::counter, "Suffix-tag writes of write-back, by outcome (tagged, source-moved, repaired, unrepaired, none).");
   for (int i = 0; i < config.variants.workers; ++i) threads_.emplace_back([this] { worker(); });
 }
 
@@ -248,7 +256,7 @@ std::string Conversions::options_key(const ConversionKey& key) const {
 
 std::string Conversions::cache_key(const ConversionKey& key) const { return key.cache_key(options_key(key)); }
 
-std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access) {
+std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access, std::string source_tag) {
   const std::string cache_key = this->cache_key(key);
   std::lock_guard lock(mutex_);
   if (auto it = active_.find(cache_key); it != active_.end()) {
@@ -265,6 +273,7 @@ std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, Regi
   if (static_cast<int>(queue_.size()) >= config_.variants.queue + std::max(0, idle_workers)) return nullptr;
   auto job = std::make_shared<ConversionJob>(key, cache_key);
   job->access_ = std::move(access);
+  job->source_tag_ = std::move(source_tag);
   active_[cache_key] = job;
   queue_.push_back(job);
   metrics_.set("accel_proxy_conversion_queue_depth", {}, static_cast<double>(queue_.size()));
@@ -313,64 +322,129 @@ void Conversions::worker() {
   }
 }
 
+std::string Conversions::suffix_tag(const ConversionKey& key, const std::string& source_tag) const {
+  auto suffix = config_.variants.suffixes.find(key.format);
+  if (source_tag.empty() || suffix == config_.variants.suffixes.end()) return {};
+  std::string tag = source_tag + suffix->second;
+  return is_valid_tag(tag) ? tag : std::string();
+}
+
+cache::VariantRecord Conversions::import(const ConversionKey& key, const UpstreamVariant& variant) {
+  const std::string proof = source_proof("manifest", key.source_digest);
+  auto store = [&](const convert::ManifestBytes& manifest) {
+    if (!cache_.blob(manifest.digest)) {
+      auto writer = cache_.begin_blob();
+      writer->write(manifest.bytes.data(), manifest.bytes.size());
+      writer->commit(manifest.media_type, manifest.digest);
+    }
+    cache_.put_member(key.scope(), manifest.digest, proof);
+  };
+  cache::VariantRecord record;
+  record.digest = variant.top.digest;
+  record.media_type = variant.top.media_type;
+  record.size = variant.top.bytes.size();
+  record.blobs = {variant.top.digest};  // configs and layers stay upstream: clients read them there
+  record.created = unix_now();
+  store(variant.top);
+  for (const auto& child : variant.children) store(child.manifest);
+  cache_.put_manifest_variant(cache_key(key), record);
+  for (const auto& child : variant.children) {
+    ConversionKey child_key = key;
+    child_key.source_digest = child.source_digest;
+    cache::VariantRecord child_record = record;
+    child_record.digest = child.manifest.digest;
+    child_record.media_type = child.manifest.media_type;
+    child_record.size = child.manifest.bytes.size();
+    child_record.blobs = {variant.top.digest, child.manifest.digest};
+    cache_.put_manifest_variant(cache_key(child_key), child_record);
+  }
+  return record;
+}
+
+cache::VariantRecord Conversions::convert(ConversionJob& job, const convert::LayerFormat& format, bool& from_upstream) {
+  const auto& key = job.key();
+  from_upstream = false;
+  RegistryStore source(job.access_);
+  // Someone converted it already (another replica, Harbor's acceleration service, nydusify):
+  // serve theirs.
+  if (auto found = find_upstream_variant(source, format, key.source_digest, suffix_tag(key, job.source_tag_))) {
+    from_upstream = true;
+    return import(key, *found);
+  }
+
+  CacheTarget target(cache_, key.scope(), source_proof("manifest", key.source_digest));
+  CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key));
+  convert::ImageConvertOptions options;
+  options.layer = layer_options(key);
+  options.max_image_bytes = config_.variants.max_image_bytes;
+  options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
+  options.layer.work_dir = options.work_dir;
+  options.layer_memo = &memo;
+  options.progress = [&](const convert::ImageProgress& p) {
+    if (p.event == "layer-progress" || p.event == "layer-done") {
+      std::lock_guard lock(job.mutex_);
+      job.bytes_done_ = p.bytes_in;
+    }
+  };
+  const auto started = std::chrono::steady_clock::now();
+  convert::ImageConverter converter(format, options);
+  auto result = converter.convert(source, key.source_digest, target, "");
+
+  cache::VariantRecord record;
+  record.digest = result.manifest.digest;
+  record.media_type = result.manifest.media_type;
+  record.size = result.manifest.bytes.size();
+  record.blobs = target.blobs();
+  std::sort(record.blobs.begin(), record.blobs.end());
+  record.blobs.erase(std::unique(record.blobs.begin(), record.blobs.end()), record.blobs.end());
+  record.created = unix_now();
+  cache_.put_manifest_variant(job.cache_key(), record);
+  // The platform manifests of an index are variants of their own sources too, so the
+  // Referrers API of a source platform manifest lists its converted one (nydus-snapshotter
+  // asks by the platform manifest's digest). They need the image's blobs as the index does.
+  for (const auto& m : result.manifests) {
+    if (m.source_digest == key.source_digest) continue;
+    ConversionKey child = key;
+    child.source_digest = m.source_digest;
+    cache::VariantRecord child_record = record;
+    child_record.digest = m.result.digest;
+    child_record.media_type = m.result.media_type;
+    child_record.size = m.result.size;
+    cache_.put_manifest_variant(this->cache_key(child), child_record);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "done"}});
+  metrics_.observe("accel_proxy_conversion_duration_seconds", {{"format", key.format}}, seconds);
+  metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "in"}}, static_cast<double>(result.bytes_in));
+  metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "out"}}, static_cast<double>(result.bytes_out));
+  spdlog::info("conversion done upstream={} repo={} source={} format={} result={} layers_converted={} layers_reused={} seconds={:.2f}",
+               key.upstream, key.repository, key.source_digest, key.format, record.digest, result.layers_converted,
+               result.layers_reused, seconds);
+  if (result.already_converted) from_upstream = true;  // the source is the variant: nothing to write back
+  return record;
+}
+
 void Conversions::run(ConversionJob& job) {
   const auto& key = job.key();
   const std::string& cache_key = job.cache_key();
   const auto* format = convert::find_format(key.format);
-  const auto started = std::chrono::steady_clock::now();
+  const auto* upstream = config_.find_upstream(key.upstream);
+  cache::VariantRecord record;
+  bool from_upstream = false;
   try {
     if (!format) throw convert::ConvertError("unknown format " + key.format);
-    RegistryStore source(job.access_);
-    CacheTarget target(cache_, key.scope(), source_proof("manifest", key.source_digest));
-    CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key));
-
-    convert::ImageConvertOptions options;
-    options.layer = layer_options(key);
-    options.max_image_bytes = config_.variants.max_image_bytes;
-    options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
-    options.layer.work_dir = options.work_dir;
-    options.layer_memo = &memo;
-    options.progress = [&](const convert::ImageProgress& p) {
-      if (p.event == "layer-progress" || p.event == "layer-done") {
-        std::lock_guard lock(job.mutex_);
-        job.bytes_done_ = p.bytes_in;
+    if (auto cached = cache_.manifest_variant(cache_key)) {
+      record = *cached;  // converted before (a write-back or a re-tag asked for it again)
+    } else {
+      record = convert(job, *format, from_upstream);
+      if (from_upstream) {
+        metrics_.add("accel_proxy_variants_found_upstream_total", {{"format", key.format}});
+        spdlog::info("variant found upstream upstream={} repo={} source={} format={} variant={}", key.upstream,
+                     key.repository, key.source_digest, key.format, record.digest);
       }
-    };
-    convert::ImageConverter converter(*format, options);
-    auto result = converter.convert(source, key.source_digest, target, "");
-
-    cache::VariantRecord record;
-    record.digest = result.manifest.digest;
-    record.media_type = result.manifest.media_type;
-    record.size = result.manifest.bytes.size();
-    record.blobs = target.blobs();
-    std::sort(record.blobs.begin(), record.blobs.end());
-    record.blobs.erase(std::unique(record.blobs.begin(), record.blobs.end()), record.blobs.end());
-    record.created = unix_now();
-    cache_.put_manifest_variant(cache_key, record);
-    // The platform manifests of an index are variants of their own sources too, so the
-    // Referrers API of a source platform manifest lists its converted one (nydus-snapshotter
-    // asks by the platform manifest's digest). They need the image's blobs as the index does.
-    for (const auto& m : result.manifests) {
-      if (m.source_digest == key.source_digest) continue;
-      ConversionKey child = key;
-      child.source_digest = m.source_digest;
-      cache::VariantRecord child_record = record;
-      child_record.digest = m.result.digest;
-      child_record.media_type = m.result.media_type;
-      child_record.size = m.result.size;
-      cache_.put_manifest_variant(this->cache_key(child), child_record);
     }
     cache_.clear_failure(cache_key);
     cache_.evict();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "done"}});
-    metrics_.observe("accel_proxy_conversion_duration_seconds", {{"format", key.format}}, seconds);
-    metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "in"}}, static_cast<double>(result.bytes_in));
-    metrics_.add("accel_proxy_conversion_bytes_total", {{"format", key.format}, {"direction", "out"}}, static_cast<double>(result.bytes_out));
-    spdlog::info("conversion done upstream={} repo={} source={} format={} result={} layers_converted={} layers_reused={} seconds={:.2f}",
-                 key.upstream, key.repository, key.source_digest, key.format, record.digest, result.layers_converted,
-                 result.layers_reused, seconds);
     job.finish(ConversionJob::State::done, "");
   } catch (const std::exception& e) {
     // Remember the failure, with a backoff that doubles per attempt (capped at an hour).
@@ -389,6 +463,87 @@ void Conversions::run(ConversionJob& job) {
     spdlog::warn("conversion failed upstream={} repo={} source={} format={} error=\"{}\"", key.upstream, key.repository,
                  key.source_digest, key.format, e.what());
     job.finish(ConversionJob::State::failed, e.what());
+    return;
+  }
+  // Waiting pulls are served already; the push to the upstream follows. A failed write-back
+  // leaves the variant served from the cache and is retried by the next conversion request.
+  if (upstream && upstream->writeback.enabled && !from_upstream) {
+    try {
+      write_back(job, record);
+    } catch (const std::exception& e) {
+      metrics_.add("accel_proxy_writebacks_total", {{"format", key.format}, {"outcome", "failed"}});
+      spdlog::warn("write-back failed upstream={} repo={} variant={} format={} error=\"{}\"", key.upstream, key.repository,
+                   record.digest, key.format, e.what());
+    }
+  }
+}
+
+void Conversions::write_back(const ConversionJob& job, const cache::VariantRecord& record) {
+  const auto& key = job.key();
+  const auto& upstream = *config_.find_upstream(key.upstream);
+  RegistryAccess access;
+  access.upstream = upstream;
+  access.repository = key.repository;
+  access.credentials = {upstream.robot_username, upstream.robot_password};
+  access.push = true;
+  RegistryStore store(std::move(access));
+
+  WriteBackRequest request;
+  request.source_digest = key.source_digest;
+  if (upstream.writeback.tag) {
+    request.source_tag = job.source_tag_;
+    request.suffix_tag = suffix_tag(key, job.source_tag_);
+  }
+  std::vector<cache::Cache::Pin> pins;  // nothing of the variant is evicted while it is pushed
+  for (const auto& digest : record.blobs) {
+    pins.push_back(cache_.pin(digest));
+    auto info = cache_.blob(digest);
+    if (!info) throw convert::ConvertError("blob " + digest + " left the cache before write-back");
+    const std::string path = cache_.blob_path(digest);
+    if (convert::is_index(info->media_type) || info->media_type == convert::media_type::oci_manifest ||
+        info->media_type == convert::media_type::docker_manifest) {
+      std::ifstream in(path, std::ios::binary);
+      convert::ManifestBytes manifest{info->media_type, std::string(std::istreambuf_iterator<char>(in), {}), digest};
+      if (digest == record.digest) request.top = std::move(manifest);
+      else request.manifests.push_back(std::move(manifest));
+    } else {
+      request.blobs.push_back({{info->media_type, digest, info->size}, path});
+    }
+  }
+  if (request.top.digest.empty()) throw convert::ConvertError("variant manifest " + record.digest + " is not in the cache");
+  // A blob this cache also holds for another repository of the same upstream may be there
+  // already (written back earlier): a mount costs one request, an upload the whole blob.
+  const std::string own_scope = key.scope();
+  const std::string upstream_prefix = key.upstream + "/";
+  request.mount_sources = [&](const std::string& digest) {
+    std::vector<std::string> repositories;
+    for (const auto& scope : cache_.scopes_of(digest))
+      if (scope != own_scope && scope.starts_with(upstream_prefix)) repositories.push_back(scope.substr(upstream_prefix.size()));
+    return repositories;
+  };
+
+  auto result = accel::write_back(store, request);
+  const char* tag_outcome = result.tag == TagOutcome::tagged         ? "tagged"
+                            : result.tag == TagOutcome::source_moved ? "source-moved"
+                            : result.tag == TagOutcome::repaired     ? "repaired"
+                            : result.tag == TagOutcome::unrepaired   ? "unrepaired"
+                                                                     : "none";
+  metrics_.add("accel_proxy_writebacks_total", {{"format", key.format}, {"outcome", "done"}});
+  metrics_.add("accel_proxy_writeback_tags_total", {{"outcome", tag_outcome}});
+  spdlog::info("write-back done upstream={} repo={} variant={} format={} uploaded={} mounted={} present={} manifests={} "
+               "fallback_links={} tag={} tag_outcome={}",
+               key.upstream, key.repository, record.digest, key.format, result.blobs_uploaded, result.blobs_mounted,
+               result.blobs_present, result.manifests_pushed, result.fallback_links, request.suffix_tag, tag_outcome);
+  // The source tag moved on: convert what it names now, so the suffix tag follows it.
+  if ((result.tag == TagOutcome::source_moved || result.tag == TagOutcome::repaired) && result.source_now &&
+      *result.source_now != key.source_digest) {
+    ConversionKey next = key;
+    next.source_digest = *result.source_now;
+    RegistryAccess robot;
+    robot.upstream = upstream;
+    robot.repository = key.repository;
+    robot.credentials = {upstream.robot_username, upstream.robot_password};
+    start(next, std::move(robot), job.source_tag_);
   }
 }
 

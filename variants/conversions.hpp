@@ -22,6 +22,8 @@
 
 namespace accel {
 
+struct UpstreamVariant;  // variants/upstream_variant.hpp
+
 struct ConversionKey {
   std::string upstream;
   std::string repository;
@@ -59,6 +61,7 @@ class ConversionJob {
   ConversionKey key_;
   std::string cache_key_;
   RegistryAccess access_;
+  std::string source_tag_;  // the tag the source was asked by (write-back's suffix tag), or ""
   mutable std::mutex mutex_;
   State state_ = State::queued;
   std::string error_;
@@ -84,7 +87,8 @@ class Conversions {
   // Starts a conversion, or joins the one already queued or running for the same key. Returns
   // nullptr when the queue is full, or a failed job when the last attempt failed and its backoff
   // has not passed.
-  std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access);
+  // `source_tag` is the tag the source was asked by, if any: write-back tags the variant after it.
+  std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access, std::string source_tag = {});
 
   std::vector<ConversionInfo> list() const;
   size_t queue_depth() const;
@@ -92,6 +96,15 @@ class Conversions {
  private:
   void worker();
   void run(ConversionJob& job);
+  // The variant of `job`'s key: converted now, or imported from the upstream when it has one.
+  // Sets `from_upstream`.
+  cache::VariantRecord convert(ConversionJob& job, const convert::LayerFormat& format, bool& from_upstream);
+  // Records a variant found upstream (its manifests; its blobs stay upstream and pass through).
+  cache::VariantRecord import(const ConversionKey& key, const UpstreamVariant& variant);
+  // Pushes the variant to its upstream (write-back), and tags it when configured.
+  void write_back(const ConversionJob& job, const cache::VariantRecord& record);
+  // source tag + the format's suffix, when that is a valid tag; else "".
+  std::string suffix_tag(const ConversionKey& key, const std::string& source_tag) const;
   // The options part of cache keys for `format` (chunk size, level...).
   // The options a conversion of `key` uses, as part of its cache key: other options, other blobs.
   std::string options_key(const ConversionKey& key) const;

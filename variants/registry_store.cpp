@@ -283,15 +283,95 @@ void RegistryStore::put_blob(const convert::Descriptor& blob, const std::string&
 }
 
 void RegistryStore::put_manifest(const convert::ManifestBytes& manifest, const std::string& tag) {
+  auto put = put_manifest_at(manifest, tag.empty() ? manifest.digest : tag);
+  if (put.status != 201) throw ConvertError("pushing manifest " + manifest.digest + ": HTTP " + std::to_string(put.status));
+}
+
+RegistryStore::ManifestPut RegistryStore::put_manifest_at(const convert::ManifestBytes& manifest, const std::string& reference,
+                                                          const std::string& if_match, bool if_none_match) {
   auto& m = *impl_;
-  m.run([&]() -> net::awaitable<void> {
-    Request r = m.request(http::verb::put, "/v2/" + m.location.repository + "/manifests/" + (tag.empty() ? manifest.digest : tag));
+  return m.run([&]() -> net::awaitable<ManifestPut> {
+    Request r = m.request(http::verb::put, "/v2/" + m.location.repository + "/manifests/" + reference);
     r.set(http::field::content_type, manifest.media_type);
+    if (!if_match.empty()) r.set(http::field::if_match, "\"" + if_match + "\"");
+    if (if_none_match) r.set(http::field::if_none_match, "*");
     r.body() = manifest.bytes;
     auto answer = co_await m.exchange(std::move(r));
     std::string reply = co_await answer.response->read_all(64 * 1024);
-    if (answer.response->status() != 201)
-      throw ConvertError("pushing manifest " + manifest.digest + ": " + Impl::describe(*answer.response, reply));
+    const int status = answer.response->status();
+    if (status != 201 && status != 412)
+      throw ConvertError("pushing manifest " + manifest.digest + " as " + reference + ": " + Impl::describe(*answer.response, reply));
+    co_return ManifestPut{status, !answer.response->headers()["OCI-Subject"].empty()};
+  });
+}
+
+std::optional<std::string> RegistryStore::resolve(const std::string& reference) {
+  auto& m = *impl_;
+  return m.run([&]() -> net::awaitable<std::optional<std::string>> {
+    Request r = m.request(http::verb::head, "/v2/" + m.location.repository + "/manifests/" + reference);
+    r.set(http::field::accept, kManifestAccept);
+    auto answer = co_await m.exchange(std::move(r));
+    const int status = answer.response->status();
+    if (status == 404) co_return std::nullopt;
+    std::string digest(answer.response->headers()["Docker-Content-Digest"]);
+    if (status != 200 || !is_valid_digest(digest))
+      throw ConvertError("resolving " + m.location.repository + ":" + reference + ": HTTP " + std::to_string(status) +
+                         (status == 200 ? " without a Docker-Content-Digest" : ""));
+    co_return digest;
+  });
+}
+
+std::optional<convert::ManifestBytes> RegistryStore::find_manifest(const std::string& reference) {
+  auto& m = *impl_;
+  auto missing = m.run([&]() -> net::awaitable<bool> {
+    Request r = m.request(http::verb::head, "/v2/" + m.location.repository + "/manifests/" + reference);
+    r.set(http::field::accept, kManifestAccept);
+    auto answer = co_await m.exchange(std::move(r));
+    co_return answer.response->status() == 404;
+  });
+  if (missing) return std::nullopt;
+  return get_manifest(reference);
+}
+
+std::optional<std::string> RegistryStore::referrers(const std::string& digest) {
+  auto& m = *impl_;
+  return m.run([&]() -> net::awaitable<std::optional<std::string>> {
+    Request r = m.request(http::verb::get, "/v2/" + m.location.repository + "/referrers/" + digest);
+    r.set(http::field::accept, "application/vnd.oci.image.index.v1+json");
+    auto answer = co_await m.exchange(std::move(r));
+    std::string body = co_await answer.response->read_all(4 << 20);
+    const int status = answer.response->status();
+    if (status == 404) co_return std::nullopt;
+    if (status != 200) throw ConvertError("referrers of " + digest + ": " + Impl::describe(*answer.response, body));
+    co_return body;
+  });
+}
+
+int RegistryStore::delete_manifest(const std::string& reference) {
+  auto& m = *impl_;
+  return m.run([&]() -> net::awaitable<int> {
+    auto answer = co_await m.exchange(m.request(http::verb::delete_, "/v2/" + m.location.repository + "/manifests/" + reference));
+    co_await answer.response->read_all(64 * 1024);
+    co_return answer.response->status();
+  });
+}
+
+bool RegistryStore::mount_blob(const std::string& digest, const std::string& from_repository) {
+  auto& m = *impl_;
+  return m.run([&]() -> net::awaitable<bool> {
+    auto answer = co_await m.exchange(m.request(
+        http::verb::post, "/v2/" + m.location.repository + "/blobs/uploads/?mount=" + digest + "&from=" + from_repository));
+    co_await answer.response->read_all(64 * 1024);
+    if (answer.response->status() == 201) co_return true;
+    // Not mounted: a 202 opened an ordinary upload session instead, which is not used.
+    if (answer.response->status() == 202) {
+      if (auto target = resolve_url(std::string(answer.response->headers()[http::field::location]), m.endpoint())) {
+        answer.response.reset();
+        auto cancel = co_await m.client->fetch(target->endpoint, m.request(http::verb::delete_, target->target));
+        co_await cancel.response->read_all(64 * 1024);
+      }
+    }
+    co_return false;
   });
 }
 

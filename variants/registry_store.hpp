@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "auth/credentials.hpp"
@@ -49,6 +50,30 @@ class RegistryStore : public convert::ImageSource, public convert::ImageTarget {
   bool has_blob(const std::string& digest) override;
   void put_blob(const convert::Descriptor& blob, const std::string& path) override;
   void put_manifest(const convert::ManifestBytes& manifest, const std::string& tag) override;
+
+  // --- beyond a conversion's needs: what write-back and the upstream lookup use.
+  // The digest a tag (or digest) names now (HEAD), or nullopt when the registry has none.
+  std::optional<std::string> resolve(const std::string& reference);
+  // The manifest, or nullopt when the registry has none (404).
+  std::optional<convert::ManifestBytes> find_manifest(const std::string& reference);
+  // The Referrers API's index for `digest`, or nullopt when the registry has no such API (404).
+  std::optional<std::string> referrers(const std::string& digest);
+  // PUT a manifest under `reference` (a tag or its digest). Preconditions are sent as asked
+  // (`If-Match: "<digest>"` for the value the caller saw, or `If-None-Match: *` for none); registries
+  // that ignore them (distribution 2.8, Harbor) store anyway. Returns the status (201, or 412
+  // when a precondition failed) and whether the answer carried `OCI-Subject` (the registry
+  // indexed the subject itself); throws on any other answer.
+  struct ManifestPut {
+    int status = 0;
+    bool subject_indexed = false;
+  };
+  ManifestPut put_manifest_at(const convert::ManifestBytes& manifest, const std::string& reference,
+                              const std::string& if_match = "", bool if_none_match = false);
+  // DELETE a manifest reference (a tag, as the spec allows, or a digest); returns the status.
+  int delete_manifest(const std::string& reference);
+  // Cross-repository mount of a blob from `from_repository` on the same registry; false when the
+  // registry did not mount it (the upload it opened instead is cancelled).
+  bool mount_blob(const std::string& digest, const std::string& from_repository);
 
   struct Impl;  // public only so the blob stream in the .cpp can name it
 

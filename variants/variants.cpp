@@ -7,6 +7,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 #include <fcntl.h>
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <spdlog/spdlog.h>
 #include <sys/sendfile.h>
@@ -298,7 +300,7 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
   access.upstream = upstream;
   access.repository = route.repository;
   access.authorization = std::string(request[http::field::authorization]);
-  auto job = conversions.start(key, std::move(access));
+  auto job = conversions.start(key, std::move(access), looks_like_digest(ask.source_reference) ? "" : ask.source_reference);
   const auto policy = ctx.config.variants.on_miss;
   if (job && policy != VariantsConfig::OnMiss::reject)
     co_await wait_for(job, policy == VariantsConfig::OnMiss::wait ? ctx.config.variants.wait_limit : ctx.config.variants.wait);
@@ -330,6 +332,15 @@ bool secret_ok(const ProxyContext& ctx, const Request& request) {
   return secret_matches(request[http::field::authorization], ctx.config.webhooks.secret);
 }
 
+// Why a pushed manifest is not converted, or nullptr when it is a source.
+const char* not_a_source(ProxyContext& ctx, const UpstreamConfig& upstream, const PushEvent& event) {
+  if (ctx.variants->cache().member(upstream.name + "/" + event.repository, event.digest)) return "ignored: made by this proxy";
+  if (event.tag.starts_with("sha256-") && event.tag.size() == 7 + 64) return "ignored: a referrers index";
+  for (const auto& [format, suffix] : ctx.config.variants.suffixes)
+    if (!suffix.empty() && event.tag.size() > suffix.size() && event.tag.ends_with(suffix)) return "ignored: a variant tag";
+  return nullptr;
+}
+
 // Starts what the rules ask for each pushed image; returns the JSON answer. (A plain function:
 // GCC 12 miscompiles some brace-initialised JSON inside coroutines.)
 std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEvent>& events) {
@@ -337,6 +348,12 @@ std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEv
   nlohmann::json accepted = nlohmann::json::array();
   for (const auto& event : events) {
     if (!is_valid_repository(event.repository) || !is_valid_digest(event.digest)) continue;
+    // Write-back makes the registry send events for the proxy's own pushes (Harbor sends one
+    // per manifest PUT): variants, referrers fallback indexes and suffix tags are not sources.
+    if (const char* why = not_a_source(ctx, upstream, event)) {
+      accepted.push_back({{"repository", event.repository}, {"digest", event.digest}, {"tag", event.tag}, {"state", why}});
+      continue;
+    }
     std::set<std::string> formats;
     for (const auto& rule : ctx.config.webhooks.rules)
       for (const auto& pattern : rule.repositories)
@@ -350,7 +367,7 @@ std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEv
         access.upstream = upstream;
         access.repository = event.repository;
         access.credentials = {upstream.robot_username, upstream.robot_password};
-        auto job = conversions.start(key, std::move(access));
+        auto job = conversions.start(key, std::move(access), event.tag == event.digest ? "" : event.tag);
         if (!job) state = std::string("rejected: queue full");
         else if (job->state() == ConversionJob::State::failed) state = "failed: " + job->error();
         else state = std::string("queued");
@@ -382,17 +399,20 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
   std::vector<std::string> out;
   if (!ctx.variants) return out;
   const ConversionKey source{upstream, repository, source_digest, ""};
-  for (const auto& [key, record] : ctx.variants->cache().variants_of(source.source_key())) {
+  auto& cache = ctx.variants->cache();
+  for (const auto& [key, record] : cache.variants_of(source.source_key())) {
     const std::string format = ConversionKey::format_in(key);
-    nlohmann::json d = {{"mediaType", record.media_type},
-                        {"digest", record.digest},
-                        {"size", record.size},
-                        {"artifactType", variant_artifact_type(format)},
-                        {"annotations", {{"io.accel-proxy.variant.format", format},
-                                         {"io.accel-proxy.variant.source", source_digest}}}};
+    // The descriptor the spec asks for is built from the manifest itself (artifactType from its
+    // config, its annotations), as a registry with the Referrers API would list it.
+    auto pin = cache.pin(record.digest);
+    if (!cache.blob(record.digest)) continue;  // evicted meanwhile
+    std::ifstream in(cache.blob_path(record.digest), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto descriptor = referrer_descriptor(bytes, record.media_type, record.digest);
+    if (!descriptor) continue;
     const auto* f = convert::find_format(format);
-    if (f && f->listed_first_among_referrers()) out.insert(out.begin(), d.dump());
-    else out.push_back(d.dump());
+    if (f && f->listed_first_among_referrers()) out.insert(out.begin(), std::move(*descriptor));
+    else out.push_back(std::move(*descriptor));
   }
   return out;
 }

@@ -60,7 +60,7 @@ BLOB_ANNOTATION = "containerd.io/snapshot/nydus-blob"
 BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
 FS_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-fs-version"
 EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
-NYDUS_ARTIFACT_TYPE = "application/vnd.accel-proxy.variant.nydus"
+NYDUS_ARTIFACT_TYPE = "application/vnd.oci.image.config.v1+json"  # a variant is an image: its config type (OCI 1.1)
 SBOM = "application/vnd.example.sbom.v1"
 
 SINGLE_REPO, INDEX_REPO, ORDER_REPO, BROKEN_REPO = "ny/single", "ny/multi", "ny/order", "ny/broken"
@@ -668,9 +668,14 @@ def test_referrers_nydus_first_with_estargz_and_upstream_referrer(vproxy, single
     by_digest = {d["digest"]: d for d in body["manifests"]}
     assert by_digest[nydus_digest].get("artifactType") == NYDUS_ARTIFACT_TYPE
     assert by_digest[upstream_referrer.digest].get("artifactType") == SBOM
-    # Filtered to Nydus: only the Nydus variant.
+    # Each variant says what it is, and of what, in the annotations copied from its manifest.
+    for digest, fmt in ((nydus_digest, "nydus"), (estargz_digest, "estargz")):
+        notes = by_digest[digest].get("annotations") or {}
+        assert notes.get("io.accel-proxy.variant.format") == fmt, by_digest[digest]
+        assert notes.get("io.accel-proxy.variant.source") == single.digest, by_digest[digest]
+    # Filtered to image configs: both variants (Nydus first), not the SBOM.
     only = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={NYDUS_ARTIFACT_TYPE}")
-    assert [d["digest"] for d in only["manifests"]] == [nydus_digest]
+    assert [d["digest"] for d in only["manifests"]] == [nydus_digest, estargz_digest]
     sboms = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={SBOM}")
     assert [d["digest"] for d in sboms["manifests"]] == [upstream_referrer.digest]
 

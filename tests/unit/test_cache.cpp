@@ -3,6 +3,8 @@
 // collection, reconciliation after damage on disk, map growth, and concurrent use.
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <filesystem>
@@ -340,8 +342,12 @@ TEST_CASE("removing a blob removes its membership rows; a reopen drops rows with
       cache.put_member(scope, new_blob, "manifest:" + kSource);
     }
     REQUIRE(cache.member("up/app", old_blob) == "manifest:" + kSource);
+    auto scopes = cache.scopes_of(new_blob);
+    std::sort(scopes.begin(), scopes.end());
+    CHECK(scopes == std::vector<std::string>{"up/app", "up/app/sub", "up/other"});
 
     CHECK(cache.evict() == 1);
+    CHECK(cache.scopes_of(old_blob).empty());
     for (const char* scope : {"up/app", "up/other", "up/app/sub"}) {
       CHECK_FALSE(cache.member(scope, old_blob));
       CHECK(cache.member(scope, new_blob) == "manifest:" + kSource);

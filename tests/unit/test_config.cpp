@@ -108,6 +108,23 @@ TEST_CASE("flags override the file; --upstream alone is enough") {
   CHECK(d.find_upstream("x")->host == "a");
 }
 
+TEST_CASE("an upstream's writeback section") {
+  auto c = parse_config_yaml(
+      "upstreams:\n"
+      "  - {name: h, url: 'https://harbor', robot: {username: 'robot$p+a', password: s}, writeback: {enabled: true, tag: true}}\n"
+      "  - {name: plain, url: 'http://b'}\n");
+  finalize_config(c);
+  CHECK(c.find_upstream("h")->writeback.enabled);
+  CHECK(c.find_upstream("h")->writeback.tag);
+  CHECK(c.find_upstream("h")->robot_username == "robot$p+a");
+  CHECK_FALSE(c.find_upstream("plain")->writeback.enabled);
+  CHECK_FALSE(c.find_upstream("plain")->writeback.tag);
+  CHECK_THROWS_WITH(parse_config_yaml("upstreams: [{url: 'http://x', writeback: {enable: true}}]\n"),
+                    Catch::Contains("unknown key 'enable'"));
+  CHECK_THROWS_WITH(parse_config_yaml("upstreams: [{url: 'http://x', writeback: {enabled: sometimes}}]\n"),
+                    Catch::Contains("writeback.enabled"));
+}
+
 TEST_CASE("mistakes in the config are reported clearly") {
   auto fails = [](std::string yaml, std::string fragment) {
     INFO(yaml);
