@@ -26,6 +26,13 @@ BIG_BLOB_SIZE = 64 * 1024 * 1024
 RANGE_BLOB_SIZE = 300_007  # odd size, so off-by-one errors at the end show
 
 
+def variant_annotations(source_annotations, fmt, source_digest):
+    """A converted manifest's annotations: its source's, plus the two naming what it is a variant of."""
+    out = dict(source_annotations or {})
+    out.update({"io.accel-proxy.variant.format": fmt, "io.accel-proxy.variant.source": source_digest})
+    return out
+
+
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

@@ -38,6 +38,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -674,7 +675,7 @@ def test_referrers_nydus_first_with_estargz_and_upstream_referrer(vproxy, single
         assert notes.get("io.accel-proxy.variant.format") == fmt, by_digest[digest]
         assert notes.get("io.accel-proxy.variant.source") == single.digest, by_digest[digest]
     # Filtered to image configs: both variants (Nydus first), not the SBOM.
-    only = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={NYDUS_ARTIFACT_TYPE}")
+    only = get_referrers(vproxy, SINGLE_REPO, single.digest, "?artifactType=" + quote(NYDUS_ARTIFACT_TYPE, safe=""))
     assert [d["digest"] for d in only["manifests"]] == [nydus_digest, estargz_digest]
     sboms = get_referrers(vproxy, SINGLE_REPO, single.digest, f"?artifactType={SBOM}")
     assert [d["digest"] for d in sboms["manifests"]] == [upstream_referrer.digest]

@@ -293,7 +293,7 @@ def verify_converted_copy(copy_dir, source, tools, workdir, checked=None):
         assert top.get("mediaType") == images.OCI_INDEX and "manifests" in top, "not an index"
         assert [d.get("platform") for d in top["manifests"]] == \
             [d.get("platform") for d in src_top["manifests"]], "platforms differ"
-        assert top.get("annotations") == src_top.get("annotations")
+        assert top.get("annotations") == images.variant_annotations(src_top.get("annotations"), FORMAT, source.digest)
         pairs = []
         for d, child in zip(top["manifests"], source.children):
             assert d["mediaType"] == images.OCI_MANIFEST
@@ -334,7 +334,7 @@ def verify_converted_copy(copy_dir, source, tools, workdir, checked=None):
         rest = {k: v for k, v in config.items() if k != "rootfs"}
         assert rest == {k: v for k, v in src_config.items() if k != "rootfs"}, \
             "the config changed beyond rootfs.diff_ids"
-        assert manifest.get("annotations") == src_manifest.get("annotations")
+        assert manifest.get("annotations") == images.variant_annotations(src_manifest.get("annotations"), FORMAT, src.digest)
     assert set(files) == set(needed) - {sha256(top_bytes)}, "the copy holds other blobs"
     return sha256(top_bytes), needed
 
