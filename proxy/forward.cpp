@@ -506,15 +506,15 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
 
     case RouteKind::tags:
     case RouteKind::catalog: {
-      // An `n` that is not a number is the upstream's to judge (distribution 2.8 ignores it,
-      // later versions answer 400): its answer is relayed, not paginated here.
+      // An `n` that is not a number is the upstream's to judge (distribution 2.8 ignores it, a
+      // registry may answer 400 PAGINATION_NUMBER_INVALID): its answer is relayed, not paginated.
       std::optional<uint64_t> n;
       bool n_valid = true;
       if (auto v = route.query_value("n")) {
         uint64_t value = 0;
         auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), value);
         n_valid = ec == std::errc() && ptr == v->data() + v->size() && !v->empty();
-        n = value;
+        if (n_valid) n = value;
       }
       if (status == 200 && !head_request) {
         std::string body = co_await response.read_all(64 * 1024 * 1024);
