@@ -505,21 +505,21 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       break;
 
     case RouteKind::tags:
-    case RouteKind::catalog:
+    case RouteKind::catalog: {
+      // An `n` that is not a number is the upstream's to judge (distribution 2.8 ignores it, a
+      // registry may answer 400 PAGINATION_NUMBER_INVALID): its answer is relayed, not paginated.
+      std::optional<uint64_t> n;
+      bool n_valid = true;
+      if (auto v = route.query_value("n")) {
+        uint64_t value = 0;
+        auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), value);
+        n_valid = ec == std::errc() && ptr == v->data() + v->size() && !v->empty();
+        if (n_valid) n = value;
+      }
       if (status == 200 && !head_request) {
         std::string body = co_await response.read_all(64 * 1024 * 1024);
-        std::optional<uint64_t> n;
-        if (auto v = route.query_value("n")) {
-          uint64_t value = 0;
-          auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), value);
-          if (ec != std::errc() || ptr != v->data() + v->size() || v->empty()) {
-            co_await send_error(client, 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested");
-            co_return;
-          }
-          n = value;
-        }
         std::optional<TagsPage> page;
-        if (route.kind == RouteKind::tags)
+        if (route.kind == RouteKind::tags && route.well_formed && n_valid)
           page = paginate_tags(body, route.repository, n, route.query_value("last"), response.headers()[http::field::link]);
         if (!page) page = TagsPage{body, relative_link(response.headers()[http::field::link])};
         std::erase_if(head.fields, [](const auto& f) { return iequals(f.first, "Link"); });
@@ -531,8 +531,10 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
         co_return;
       }
       break;
+    }
 
     case RouteKind::referrers: {
+      if (!route.well_formed) break;  // no fallback tag or variants for a malformed digest
       auto artifact_type = route.query_value("artifactType");
       std::optional<std::string> index;
       if (status == 200 && !head_request) {
@@ -682,7 +684,11 @@ net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, C
         co_await handle_conversions_api(ctx, request, client);
         co_return;
       case RouteKind::blob_upload:
-        co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
+        if (!read_method) {  // reading an upload's state (GET/HEAD) is forwarded like any read
+          co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
+          co_return;
+        }
+        co_await forward_registry(ctx, request, std::move(route), client, info);
         co_return;
       default:
         if (!read_method) {

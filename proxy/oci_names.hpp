@@ -1,6 +1,7 @@
 // Validation of the names the distribution spec puts in URLs: repository names, tags and
-// digests. The proxy checks them before anything goes upstream, so a bad name gets a clear
-// 400 from us instead of whatever the upstream does with it (distribution 2.8 answers 500).
+// digests. The proxy's own features (the cache, variants, the referrers fallback, conversions)
+// act only on names that pass; a request with a bad one is forwarded, and the upstream's answer
+// relayed, so a client sees what its registry says (docs/DECISIONS.md).
 #pragma once
 
 #include <string_view>

@@ -39,7 +39,8 @@ std::string join(const std::vector<std::string_view>& parts, size_t begin, size_
   return out;
 }
 
-// Routes under /v2/<name>/...; `parts` are the segments after "v2".
+// Routes under /v2/<name>/...; `parts` are the segments after "v2". Names and references are not
+// refused here: a bad one is the upstream's to answer (`well_formed` tells the proxy's features).
 Route parse_repository_route(const std::vector<std::string_view>& parts) {
   const size_t n = parts.size();
   Route r;
@@ -63,20 +64,15 @@ Route parse_repository_route(const std::vector<std::string_view>& parts) {
     r.kind = RouteKind::referrers;
     name_end = n - 2;
   } else {
-    return r;  // not_found
+    r.kind = RouteKind::unrecognized;
+    return r;
   }
   r.repository = join(parts, 0, name_end);
-  if (!is_valid_repository(r.repository))
-    return invalid("NAME_INVALID", 400, "invalid repository name");
-  if (r.kind == RouteKind::manifest || r.kind == RouteKind::blob || r.kind == RouteKind::referrers)
+  r.well_formed = is_valid_repository(r.repository);
+  if (r.kind == RouteKind::manifest || r.kind == RouteKind::blob || r.kind == RouteKind::referrers) {
     r.reference = std::string(parts[n - 1]);
-  if (r.kind == RouteKind::manifest) {
-    if (looks_like_digest(r.reference) ? !is_valid_digest(r.reference) : !is_valid_tag(r.reference))
-      return looks_like_digest(r.reference)
-                 ? invalid("DIGEST_INVALID", 400, "invalid digest in manifest reference")
-                 : invalid("MANIFEST_INVALID", 400, "reference is neither a valid tag nor a digest");
-  } else if (r.kind == RouteKind::blob || r.kind == RouteKind::referrers) {
-    if (!is_valid_digest(r.reference)) return invalid("DIGEST_INVALID", 400, "invalid digest");
+    const bool digest = is_valid_digest(r.reference);
+    r.well_formed = r.well_formed && (digest || (r.kind == RouteKind::manifest && is_valid_tag(r.reference)));
   }
   return r;
 }
@@ -99,6 +95,7 @@ std::string_view route_label(RouteKind kind) {
     case RouteKind::webhook_harbor: return "webhook_harbor";
     case RouteKind::webhook_registry: return "webhook_registry";
     case RouteKind::conversions_api: return "conversions_api";
+    case RouteKind::unrecognized: return "unrecognized";
     case RouteKind::not_found: return "not_found";
     case RouteKind::invalid: return "invalid";
   }
@@ -111,8 +108,10 @@ std::optional<std::string> Route::query_value(std::string_view key) const {
   return std::nullopt;
 }
 
-bool Route::reference_is_digest() const { return looks_like_digest(reference); }
+bool Route::reference_is_digest() const { return is_valid_digest(reference); }
 
+// Only what is unsafe to forward is refused here: anything that could make the upstream (or a
+// path-normalising front before it) read a different resource than the one the proxy parsed.
 Route parse_route(std::string_view target) {
   auto parsed = parse_request_target(target);
   if (!parsed) return invalid("NAME_INVALID", 400, "malformed request target");
@@ -148,11 +147,13 @@ Route parse_route(std::string_view target) {
     std::string_view rest = path.substr(4);
     if (rest.ends_with("/blobs/uploads/")) rest.remove_suffix(1);  // the upload-start URL has one
     auto parts = split_path(rest);
+    // "a//b" or "a/." would be cleaned (and redirected) by the upstream's router to another name.
     for (auto part : parts)
       if (part.empty() || part == "." || part == "..")
         return invalid("NAME_INVALID", 400, "empty or dot segment in repository path");
     r = parse_repository_route(parts);
   }
+  r.path = std::string(path);
   r.query = std::move(parsed->query);
   return r;
 }
@@ -165,6 +166,8 @@ std::string upstream_path(const Route& route) {
     case RouteKind::blob: return "/v2/" + route.repository + "/blobs/" + route.reference;
     case RouteKind::tags: return "/v2/" + route.repository + "/tags/list";
     case RouteKind::referrers: return "/v2/" + route.repository + "/referrers/" + route.reference;
+    case RouteKind::blob_upload:
+    case RouteKind::unrecognized: return route.path;
     default: return "/";
   }
 }

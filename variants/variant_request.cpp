@@ -46,6 +46,8 @@ std::optional<VariantAsk> variant_asked(std::string_view reference, std::string_
   // A digest names exact bytes: answering it with a variant would break content addressing
   // (containerd checks what it gets). Variants of a digest are found by tag or by referrers.
   if (!config.enabled || looks_like_digest(reference)) return std::nullopt;
+  // Only a valid tag names a source image; anything else is the upstream's to answer.
+  if (!is_valid_tag(reference)) return std::nullopt;
   for (const auto& [format, suffix] : config.suffixes) {
     if (suffix.empty() || reference.size() <= suffix.size() || !reference.ends_with(suffix)) continue;
     std::string source(reference.substr(0, reference.size() - suffix.size()));

@@ -23,7 +23,7 @@ struct VariantAsk {
 
 // For a manifest request of `reference`: which variant is asked for, if any. A header or Accept
 // naming an unknown format is ignored (the client gets the original), and so is any request by
-// digest: a digest names exact bytes.
+// digest (a digest names exact bytes) or by a reference that is not a valid tag.
 std::optional<VariantAsk> variant_asked(std::string_view reference, std::string_view format_header,
                                         std::string_view accept, const VariantsConfig& config);
 

@@ -219,7 +219,8 @@ Variants::Variants(const Config& config, Metrics& metrics)
 
 net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
                                             const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info) {
-  if (!ctx.variants) co_return false;
+  // A malformed name, tag or digest is the upstream's to answer: never a cache key or a conversion.
+  if (!ctx.variants || !route.well_formed) co_return false;
   auto& cache = ctx.variants->cache();
   const std::string scope = upstream.name + "/" + route.repository;
 

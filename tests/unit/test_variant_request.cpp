@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <vector>
+
 #include "variants/variant_request.hpp"
 
 using namespace accel;
@@ -45,6 +47,14 @@ TEST_CASE("ordinary requests never turn into variant requests") {
   CHECK_FALSE(variant_asked("-estargz", "", "", c));      // nothing before the suffix
   CHECK_FALSE(variant_asked("1.0", "nydus-unknown", "", c));  // unknown formats are ignored
   CHECK_FALSE(variant_asked("1.0", "", "application/json;accel-format=unknown", c));
+  // A reference that is not a valid tag is the upstream's to answer, however the variant is asked.
+  for (std::string bad : std::vector<std::string>{".INVALID_MANIFEST_NAME", "-bad", std::string(129, 't'), ".bad-estargz",
+                                                  "a!b-estargz"}) {
+    INFO(bad);
+    CHECK_FALSE(variant_asked(bad, "", "", c));
+    CHECK_FALSE(variant_asked(bad, "estargz", "", c));
+    CHECK_FALSE(variant_asked(bad, "", "application/vnd.oci.image.index.v1+json;accel-format=estargz", c));
+  }
   c.enabled = false;
   CHECK_FALSE(variant_asked("1.0-estargz", "estargz", "", c));
 }
