@@ -239,7 +239,7 @@ struct Coordinator::Impl {
       if (!state.lost.exchange(true)) {
         metrics.add(kLost, {});
         spdlog::warn("coordination: lost the lease on {} ({})", state.key,
-                     reply ? "another replica holds it or it expired" : "Redis unreachable for a whole lease_ttl");
+                     reply ? "another replica holds it or it expired" : "no renewal reached Redis for a whole lease_ttl");
       }
     }
   }

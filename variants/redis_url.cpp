@@ -36,8 +36,11 @@ RedisEndpoint parse_redis_url(std::string_view text) {
   e.host = std::string(url->host_address());
   if (e.host.empty()) fail("no host");
   if (url->has_port()) {
-    if (url->port_number() == 0) fail("invalid port");
-    e.port = url->port_number();
+    std::string_view digits = url->port();
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+    if (ec != std::errc() || end != digits.data() + digits.size() || port == 0 || port > 65535) fail("invalid port");
+    e.port = static_cast<uint16_t>(port);
   }
   e.database = parse_database(url->encoded_path());
   if (url->has_query() || url->has_fragment()) fail("query and fragment are not supported");

@@ -62,8 +62,8 @@ class RedisServer {
     if (!options_.password.empty()) args.insert(args.end(), {"--requirepass", options_.password});
     if (!options_.acl_user.empty()) {
       auto space = options_.acl_user.find(' ');
-      args.insert(args.end(), {"--user", options_.acl_user.substr(0, space) + " on >" +
-                                             options_.acl_user.substr(space + 1) + " ~* &* +@all"});
+      args.insert(args.end(), {"--user", options_.acl_user.substr(0, space), "on", ">" + options_.acl_user.substr(space + 1),
+                               "~*", "&*", "+@all"});
     }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

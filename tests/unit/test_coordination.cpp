@@ -52,7 +52,10 @@ class LogCapture {
   size_t count(const std::string& fragment) const {
     size_t n = 0;
     for (const auto& line : sink_->last_formatted())
-      if (line.find(fragment) != std::string::npos) ++n;
+      if (line.find(fragment) != std::string::npos) {
+        UNSCOPED_INFO(line);
+        ++n;
+      }
     return n;
   }
 
@@ -231,7 +234,10 @@ TEST_CASE("no Redis at all: the replica works alone without waiting on it", "[re
 TEST_CASE("rediss:// verifies the server against the given CA; another CA is refused", "[redis]") {
   TempDir certs("accel-redis-tls");
   make_test_certificates(certs.path());
-  RedisServer redis({.tls_cert = certs.path() + "/server.pem", .tls_key = certs.path() + "/server.key"});
+  RedisServerOptions tls_only;
+  tls_only.tls_cert = certs.path() + "/server.pem";
+  tls_only.tls_key = certs.path() + "/server.key";
+  RedisServer redis(tls_only);
   Metrics metrics;
 
   auto trusted = settings_for(redis.url());
@@ -256,11 +262,15 @@ TEST_CASE("rediss:// verifies the server against the given CA; another CA is ref
 }
 
 TEST_CASE("a password or an ACL user: the right one works, a wrong one is a clear error", "[redis]") {
-  RedisServer redis({.password = "s3cret", .acl_user = "proxy pr0xy"});
+  RedisServerOptions with_auth;
+  with_auth.password = "s3cret";
+  with_auth.acl_user = "proxy pr0xy";
+  RedisServer redis(with_auth);
   Metrics metrics;
   Coordinator with_password(settings_for(redis.url(":s3cret@")), metrics);
   CHECK(with_password.available());
-  CHECK(with_password.try_acquire("key").outcome == Acquire::acquired);
+  auto held = with_password.try_acquire("key");
+  CHECK(held.outcome == Acquire::acquired);
   Coordinator acl_user(settings_for(redis.url("proxy:pr0xy@")), metrics);
   CHECK(acl_user.available());
   CHECK(acl_user.try_acquire("key").outcome == Acquire::held_elsewhere);
