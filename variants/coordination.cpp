@@ -234,6 +234,8 @@ struct Coordinator::Impl {
       state.renewed_at = Clock::now();
       return;
     }
+    // Released meanwhile by its holder: not a loss.
+    if (!state.renewing) return;
     // Gone or someone else's; or Redis unreachable for a whole ttl, so it has expired there.
     if (reply || Clock::now() - state.renewed_at >= settings.lease_ttl) {
       if (!state.lost.exchange(true)) {
@@ -288,6 +290,7 @@ void Lease::abandon_for_test() {
 void Lease::release() {
   if (!state_) return;
   auto& impl = *owner_->impl_;
+  state_->renewing = false;  // before the DEL: a renewal racing it then knows the lease was let go
   impl.drop_lease(*state_);
   // Best effort: if Redis is unreachable the lease simply expires.
   if (!state_->lost && impl.worth_trying()) impl.eval(kReleaseScript, {lease_key(state_->key)}, {state_->token});
