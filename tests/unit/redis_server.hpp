@@ -88,9 +88,14 @@ class RedisServer {
     }
   }
 
+  // Freezes it (SIGSTOP): connections stay open and nothing is answered. resume() thaws it.
+  void freeze() { ::kill(pid_, SIGSTOP); }
+  void resume() { ::kill(pid_, SIGCONT); }
+
   // SIGTERM, then SIGKILL after 5 s; returns when the process is gone.
   void stop() {
     if (pid_ <= 0) return;
+    ::kill(pid_, SIGCONT);  // a frozen server would not see SIGTERM
     ::kill(pid_, SIGTERM);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     int status = 0;

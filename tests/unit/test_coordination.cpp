@@ -212,6 +212,27 @@ TEST_CASE("Redis stopped mid-wait: calls answer unavailable promptly, the log sa
   CHECK_THAT(metrics.render(), Catch::Contains("accel_coordination_leases_lost_total 1\n"));
 }
 
+TEST_CASE("a Redis that stops answering: calls give up within the I/O timeout instead of hanging", "[redis]") {
+  RedisServer redis;
+  Metrics metrics;
+  Coordinator holder(settings_for(redis.url(), 10s), metrics), waiter(settings_for(redis.url(), 2s), metrics);
+  auto got = holder.try_acquire("key");
+  REQUIRE(got.outcome == Acquire::acquired);
+  auto waiting = std::async(std::launch::async, [&] { return waiter.wait("key", 30s); });
+  std::this_thread::sleep_for(200ms);
+
+  redis.freeze();
+  auto frozen_at = Clock::now();
+  CHECK(holder.try_acquire("other").outcome == Acquire::unavailable);
+  CHECK(seconds_since(frozen_at) < 4);  // one io_timeout, and one more on a fresh connection
+  CHECK_THAT(holder.last_error(), Catch::Contains("no reply"));
+  // The waiter notices at its next lease check (lease_ttl/2) plus one io_timeout.
+  REQUIRE(waiting.wait_for(6s) == std::future_status::ready);
+  CHECK(waiting.get().outcome == Wait::unavailable);
+  redis.resume();
+  CHECK(eventually([&] { return holder.available(); }, 10s));
+}
+
 TEST_CASE("no Redis at all: the replica works alone without waiting on it", "[redis]") {
   Metrics metrics;
   uint16_t port;
