@@ -1,5 +1,6 @@
 #include "variants/coordination.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <map>

@@ -1,5 +1,6 @@
 #include "variants/redis_connection.hpp"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
