@@ -7,6 +7,8 @@
 #include <sstream>
 #include <yaml-cpp/yaml.h>
 
+#include "variants/redis_url.hpp"
+
 namespace accel {
 namespace {
 
@@ -161,6 +163,27 @@ void parse_webhooks(const YAML::Node& w, WebhooksConfig& out) {
   }
 }
 
+void parse_coordination(const YAML::Node& c, CoordinationConfig& out) {
+  check_keys(c, "coordination", {"redis", "redis_ca_file"});
+  if (c["redis"]) out.redis = scalar<std::string>(c["redis"], "coordination.redis");
+  if (c["redis_ca_file"]) out.redis_ca_file = scalar<std::string>(c["redis_ca_file"], "coordination.redis_ca_file");
+}
+
+void check_coordination(const CoordinationConfig& c) {
+  if (c.redis.empty()) {
+    if (!c.redis_ca_file.empty()) fail("coordination.redis_ca_file is set but coordination.redis is not");
+    return;
+  }
+  RedisEndpoint endpoint;
+  try {
+    endpoint = parse_redis_url(c.redis);
+  } catch (const ConfigError& e) {
+    fail(std::string("coordination.redis: ") + e.what());
+  }
+  if (!c.redis_ca_file.empty() && !endpoint.tls)
+    fail("coordination.redis_ca_file applies to rediss:// (TLS) only");
+}
+
 }  // namespace
 
 std::string UpstreamConfig::host_header() const {
@@ -229,7 +252,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
   Config c;
   if (root.IsNull()) return c;
   check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "coalesce_manifests", "timeouts",
-                              "limits", "default_upstream", "upstreams", "variants", "webhooks"});
+                              "limits", "default_upstream", "upstreams", "variants", "webhooks", "coordination"});
   if (root["listen"]) parse_listen(scalar<std::string>(root["listen"], "listen"), c);
   if (root["threads"]) c.threads = scalar<int>(root["threads"], "threads");
   if (root["cache_dir"]) c.cache_dir = scalar<std::string>(root["cache_dir"], "cache_dir");
@@ -251,6 +274,7 @@ Config parse_config_yaml(std::string_view yaml_text) {
   }
   if (auto v = root["variants"]) parse_variants(v, c.variants);
   if (auto w = root["webhooks"]) parse_webhooks(w, c.webhooks);
+  if (auto co = root["coordination"]) parse_coordination(co, c.coordination);
   if (root["default_upstream"]) c.default_upstream = scalar<std::string>(root["default_upstream"], "default_upstream");
   if (auto ups = root["upstreams"]) {
     if (!ups.IsSequence()) fail("upstreams: expected a list");
@@ -308,6 +332,7 @@ void finalize_config(Config& c) {
   if (!levels.count(c.log_level)) fail("log_level must be one of trace, debug, info, warn, error, off");
   if (c.threads < 0 || c.threads > 256) fail("threads must be between 0 and 256");
   if (c.limits.max_header_bytes < 1024) fail("limits.max_header_bytes must be at least 1024");
+  check_coordination(c.coordination);
 }
 
 }  // namespace accel

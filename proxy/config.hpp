@@ -104,6 +104,12 @@ struct WebhooksConfig {
   std::vector<WebhookRule> rules;
 };
 
+// Replicas behind a load balancer converting each image once (variants/coordination.hpp).
+struct CoordinationConfig {
+  std::string redis;          // redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://; empty: no coordination
+  std::string redis_ca_file;  // rediss://: the CA to trust instead of the system's
+};
+
 struct Config {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 5000;
@@ -119,6 +125,7 @@ struct Config {
   std::vector<UpstreamConfig> upstreams;
   VariantsConfig variants;
   WebhooksConfig webhooks;
+  CoordinationConfig coordination;
 
   const UpstreamConfig* find_upstream(std::string_view name) const;
   // The upstream for a request: the one listing `ns` among its hosts, else the default.

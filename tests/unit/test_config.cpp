@@ -170,3 +170,31 @@ variants:
   CHECK_THROWS_AS(parse_config_yaml("variants: {workers: 0}\n"), ConfigError);
   CHECK_THROWS_AS(parse_config_yaml("variants: {bogus: 1}\n"), ConfigError);
 }
+
+TEST_CASE("coordination: a Redis URL and an optional CA file, checked at start") {
+  auto base = std::string("upstreams: [{name: u, url: 'http://a:1'}]\n");
+  auto none = parse_config_yaml(base);
+  finalize_config(none);
+  CHECK(none.coordination.redis.empty());  // without it nothing is coordinated
+
+  auto c = parse_config_yaml(base + "coordination: {redis: 'rediss://:pw@redis.internal:6380/2', redis_ca_file: /etc/ca.pem}\n");
+  finalize_config(c);
+  CHECK(c.coordination.redis == "rediss://:pw@redis.internal:6380/2");
+  CHECK(c.coordination.redis_ca_file == "/etc/ca.pem");
+
+  auto fails = [&](std::string yaml, std::string fragment) {
+    INFO(yaml);
+    try {
+      auto bad = parse_config_yaml(base + yaml);
+      finalize_config(bad);
+      FAIL("no error");
+    } catch (const ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+    }
+  };
+  fails("coordination: {redis: 'http://r:6379'}\n", "coordination.redis: redis URL: the scheme must be");
+  fails("coordination: {redis: 'redis://:secret@r/x'}\n", "database number");
+  fails("coordination: {redis: 'redis://r', redis_ca_file: /ca.pem}\n", "rediss:// (TLS) only");
+  fails("coordination: {redis_ca_file: /ca.pem}\n", "coordination.redis is not");
+  fails("coordination: {redis: 'redis://r', lease: 5s}\n", "unknown key 'lease'");
+}
