@@ -164,7 +164,8 @@ void parse_webhooks(const YAML::Node& w, WebhooksConfig& out) {
 }
 
 void parse_coordination(const YAML::Node& c, CoordinationConfig& out) {
-  check_keys(c, "coordination", {"redis", "redis_ca_file"});
+  check_keys(c, "coordination", {"redis", "redis_ca_file", "lease_ttl"});
+  if (c["lease_ttl"]) out.lease_ttl = duration_at(c["lease_ttl"], "coordination.lease_ttl");
   if (c["redis"]) out.redis = scalar<std::string>(c["redis"], "coordination.redis");
   if (c["redis_ca_file"]) out.redis_ca_file = scalar<std::string>(c["redis_ca_file"], "coordination.redis_ca_file");
 }
@@ -180,6 +181,7 @@ void check_coordination(const CoordinationConfig& c) {
   } catch (const ConfigError& e) {
     fail(std::string("coordination.redis: ") + e.what());
   }
+  if (c.lease_ttl < std::chrono::seconds(1)) fail("coordination.lease_ttl must be at least 1s");
   if (!c.redis_ca_file.empty() && !endpoint.tls)
     fail("coordination.redis_ca_file applies to rediss:// (TLS) only");
 }

@@ -108,6 +108,7 @@ struct WebhooksConfig {
 struct CoordinationConfig {
   std::string redis;          // redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://; empty: no coordination
   std::string redis_ca_file;  // rediss://: the CA to trust instead of the system's
+  Duration lease_ttl{std::chrono::seconds(30)};  // a dead replica's conversion is taken over after this
 };
 
 struct Config {

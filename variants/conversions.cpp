@@ -209,6 +209,7 @@ Conversions::Conversions(const Config& config, cache::Cache& cache, Metrics& met
   metrics_.describe("accel_proxy_variants_found_upstream_total", T::counter, "Variants the upstream held already (not converted), by format.");
   metrics_.describe("accel_proxy_writebacks_total", T::counter, "Variants pushed to their upstream, by format and outcome.");
   metrics_.describe("accel_proxy_writeback_tags_total", T::counter, "Suffix-tag writes of write-back, by outcome (tagged, source-moved, repaired, unrepaired, none).");
+  coordinator_ = Coordinator::from_config(config, metrics);
   for (int i = 0; i < config.variants.workers; ++i) threads_.emplace_back([this] { worker(); });
 }
 
@@ -431,11 +432,13 @@ void Conversions::run(ConversionJob& job) {
   const auto* upstream = config_.find_upstream(key.upstream);
   cache::VariantRecord record;
   bool from_upstream = false;
+  Lease lease;  // held until the variant is written back and announced
   try {
     if (!format) throw convert::ConvertError("unknown format " + key.format);
     if (auto cached = cache_.manifest_variant(cache_key)) {
       record = *cached;  // converted before (a write-back or a re-tag asked for it again)
     } else {
+      lease = coordinate(job);
       record = convert(job, *format, from_upstream);
       if (from_upstream) {
         metrics_.add("accel_proxy_variants_found_upstream_total", {{"format", key.format}});
@@ -475,6 +478,27 @@ void Conversions::run(ConversionJob& job) {
       spdlog::warn("write-back failed upstream={} repo={} variant={} format={} error=\"{}\"", key.upstream, key.repository,
                    record.digest, key.format, e.what());
     }
+  }
+  // Replicas waiting for this conversion look for the variant upstream now.
+  if (lease.held()) coordinator_->announce_done(cache_key, record.digest);
+}
+
+Lease Conversions::coordinate(const ConversionJob& job) {
+  if (!coordinator_) return {};
+  using Outcome = AcquireResult::Outcome;
+  const auto deadline = std::chrono::steady_clock::now() + config_.variants.wait_limit;
+  while (true) {
+    auto got = coordinator_->try_acquire(job.cache_key());
+    if (got.outcome == Outcome::acquired) return std::move(got.lease);
+    if (got.outcome != Outcome::held_elsewhere) return {};  // done elsewhere, or Redis is gone: go on alone
+    const auto left = std::chrono::duration_cast<Duration>(deadline - std::chrono::steady_clock::now());
+    if (left <= Duration::zero()) return {};
+    spdlog::info("conversion held by another replica repo={} source={} format={}: waiting", job.key().repository,
+                 job.key().source_digest, job.key().format);
+    auto waited = coordinator_->wait(job.cache_key(), left);
+    // The holder died (its lease expired unannounced): take the conversion over.
+    if (waited.outcome == WaitResult::Outcome::released_without_done) continue;
+    return {};
   }
 }
 

@@ -18,6 +18,7 @@
 #include "cache/cache.hpp"
 #include "proxy/config.hpp"
 #include "proxy/metrics.hpp"
+#include "variants/coordination.hpp"
 #include "variants/registry_store.hpp"
 
 namespace accel {
@@ -101,6 +102,10 @@ class Conversions {
   cache::VariantRecord convert(ConversionJob& job, const convert::LayerFormat& format, bool& from_upstream);
   // Records a variant found upstream (its manifests; its blobs stay upstream and pass through).
   cache::VariantRecord import(const ConversionKey& key, const UpstreamVariant& variant);
+  // With Redis configured: this replica's lease on the job's conversion, after waiting for
+  // another replica's when one holds it (an empty lease: converted elsewhere, so the upstream
+  // has it; or Redis is unreachable and this replica works alone).
+  Lease coordinate(const ConversionJob& job);
   // Pushes the variant to its upstream (write-back), and tags it when configured.
   void write_back(const ConversionJob& job, const cache::VariantRecord& record);
   // source tag + the format's suffix, when that is a valid tag; else "".
@@ -116,6 +121,7 @@ class Conversions {
   const Config& config_;
   cache::Cache& cache_;
   Metrics& metrics_;
+  std::unique_ptr<Coordinator> coordinator_;  // null without `coordination.redis`
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;
   std::deque<std::shared_ptr<ConversionJob>> queue_;

@@ -304,6 +304,7 @@ CoordinationSettings CoordinationSettings::from_config(const CoordinationConfig&
   CoordinationSettings s;
   s.redis_url = config.redis;
   s.ca_file = config.redis_ca_file;
+  s.lease_ttl = config.lease_ttl;
   return s;
 }
 

@@ -181,6 +181,10 @@ TEST_CASE("coordination: a Redis URL and an optional CA file, checked at start")
   finalize_config(c);
   CHECK(c.coordination.redis == "rediss://:pw@redis.internal:6380/2");
   CHECK(c.coordination.redis_ca_file == "/etc/ca.pem");
+  CHECK(c.coordination.lease_ttl == std::chrono::seconds(30));
+  auto short_lease = parse_config_yaml(base + "coordination: {redis: 'redis://r', lease_ttl: 4s}\n");
+  finalize_config(short_lease);
+  CHECK(short_lease.coordination.lease_ttl == std::chrono::seconds(4));
 
   auto fails = [&](std::string yaml, std::string fragment) {
     INFO(yaml);
@@ -197,4 +201,6 @@ TEST_CASE("coordination: a Redis URL and an optional CA file, checked at start")
   fails("coordination: {redis: 'redis://r', redis_ca_file: /ca.pem}\n", "rediss:// (TLS) only");
   fails("coordination: {redis_ca_file: /ca.pem}\n", "coordination.redis is not");
   fails("coordination: {redis: 'redis://r', lease: 5s}\n", "unknown key 'lease'");
+  fails("coordination: {redis: 'redis://r', lease_ttl: 200ms}\n", "at least 1s");
+  fails("coordination: {redis: 'redis://r', lease_ttl: soon}\n", "coordination.lease_ttl");
 }
