@@ -256,6 +256,30 @@ def test_ctr_pull_over_https(tls_proxy, pushed_images, pki, containerd, tmp_path
     assert sha256(got.stdout) == layer
 
 
+def test_cached_variant_blobs_over_https(proxy_factory, open_registry, pki, live_pair, monkeypatch):
+    """Blobs served from the variant cache go out with sendfile(2) over plain TCP; over TLS they
+    are copied and encrypted: whole, by Range and by multi-range, byte for byte."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))  # the variant_env helpers' requests
+    source = ve.push_bytes_image(open_registry.url, requests.Session(), "tls/cached", "v1",
+                                 [ve.random_layer("tls-cached", 3 << 20)], seed="tls-cached")
+    proxy = proxy_factory([upstream("main", open_registry.url)], tls=live_pair, ca=pki.ca,
+                          extra_config={"variants": ve.variants_config(on_miss="wait", wait_limit="120s")})
+    objects = ve.converted_objects(proxy, "tls/cached", "v1" + ve.SUFFIX)  # converts, then reads
+    assert objects[0][1] != source.digest
+    _, digest, data = max((o for o in objects if o[0] == "blob"), key=lambda o: len(o[2]))
+    assert len(data) > 2 << 20
+    hits = ve.metric(proxy, "accel_proxy_cache_hits_total", kind="blob")
+    url = f"{proxy.url}/v2/tls/cached/blobs/{digest}"
+    whole = requests.get(url, timeout=60)
+    assert whole.status_code == 200 and sha256(whole.content) == digest
+    part = requests.get(url, headers={"Range": "bytes=1000000-1999999"}, timeout=60)
+    assert part.status_code == 206 and part.content == data[1000000:2000000]
+    multi = requests.get(url, headers={"Range": "bytes=0-9,-51"}, timeout=60)
+    assert multi.status_code == 206
+    assert data[:10] in multi.content and data[-51:] in multi.content
+    assert ve.metric(proxy, "accel_proxy_cache_hits_total", kind="blob") >= hits + 3
+
+
 # ---- reload on SIGHUP --------------------------------------------------------------------------
 
 def test_sighup_new_certificate_for_new_connections_in_flight_download_completes(
