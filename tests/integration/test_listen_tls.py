@@ -19,13 +19,16 @@ import time
 import pytest
 import requests
 
+import images
 import prom
+import registry_auth
 import skopeo
 import variant_env as ve
 import yamlconf
 from checks import assert_healthy
 from pki import issue_server, make_pki, serial_of, serial_of_der
 from proxy import REPO_ROOT, require_binary, upstream
+from token_server import USERS
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -254,6 +257,26 @@ def test_ctr_pull_over_https(tls_proxy, pushed_images, pki, containerd, tmp_path
                           "content", "get", layer], capture_output=True, timeout=60)
     assert got.returncode == 0
     assert sha256(got.stdout) == layer
+
+
+def test_token_realm_is_https(proxy_factory, token_registry, pki, live_pair, tmp_path):
+    """With token_proxy the Bearer realm points clients at the proxy: over TLS, an https URL
+    (an http one would send their passwords in clear, or fail). skopeo logs in through it."""
+    alice = registry_auth.session("alice", USERS["alice"])
+    index = images.push_small_images(token_registry.url, alice, "tls-private")[2]
+    proxy = proxy_factory([upstream("tok", token_registry.url, token_proxy=True)], tls=live_pair, ca=pki.ca)
+    resp = requests.get(proxy.url + "/v2/", verify=str(pki.ca), timeout=10)
+    assert resp.status_code == 401
+    _, params = registry_auth.parse_challenge(resp.headers["WWW-Authenticate"])
+    assert params["realm"] == f"https://127.0.0.1:{proxy.port}/auth/token/tok"
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(pki.ca, certs / "ca.crt")
+    res = skopeo.copy_to_dir(f"127.0.0.1:{proxy.port}/{index.repo}:{index.tag}", tmp_path / "copy",
+                             creds=f"alice:{USERS['alice']}", cert_dir=certs)
+    assert res.returncode == 0, res.stderr
+    skopeo.check_dir_copy(tmp_path / "copy", index)
 
 
 def test_cached_variant_blobs_over_https(proxy_factory, open_registry, pki, live_pair, monkeypatch):
