@@ -42,7 +42,7 @@ cache::CacheLimits cache_limits(const Config& config) {
 
 // Over TLS the bytes must be encrypted on their way: read into the connection's scratch buffer
 // and written like any other body.
-net::awaitable<void> copy_file_range_to(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
+net::awaitable<void> copy_file_to_client(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
   auto scratch = client.scratch();
   uint64_t left = length;
   while (left > 0) {
@@ -61,7 +61,7 @@ net::awaitable<void> copy_file_range_to(ClientConnection& client, int fd, uint64
 net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
   auto* plain = client.plain_socket();
   if (!plain) {
-    co_await copy_file_range_to(client, fd, offset, length);
+    co_await copy_file_to_client(client, fd, offset, length);
     co_return;
   }
   auto& socket = *plain;
