@@ -212,6 +212,19 @@ def test_clients_without_the_ca_or_without_tls_fail(tls_proxy, pki):
     assert_healthy(tls_proxy)
 
 
+def test_silent_client_is_dropped_after_the_header_timeout(proxy_factory, open_registry, pki, live_pair):
+    """The handshake runs under timeouts.header: a connection that never starts one costs a
+    socket for that long, not forever."""
+    proxy = proxy_factory([upstream("main", open_registry.url)], tls=live_pair, ca=pki.ca,
+                          timeouts={"header": "1s"})
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as silent:
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the proxy
+        assert 0.8 < time.monotonic() - started < 5
+    wait_for_metric(proxy, "accel_proxy_tls_handshake_failures_total", 1)
+    assert_healthy(proxy)
+
+
 def test_skopeo_over_https(tls_proxy, pushed_images, pki, tmp_path):
     certs = tmp_path / "certs"
     certs.mkdir()
