@@ -35,7 +35,7 @@ cmake --build build-asan -j"$jobs" --target accel-proxy
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     test_passthrough.py test_range.py test_bad_input.py test_tags_referrers.py test_routing.py \
-    test_auth.py test_operations.py test_tls.py test_coalescing.py test_transparent.py \
+    test_auth.py test_operations.py test_tls.py test_listen_tls.py test_coalescing.py test_transparent.py \
     test_writeback.py test_replicas.py)
 
 echo "== Nydus conversion, check and convert-on-pull against the ASan + UBSan binary"

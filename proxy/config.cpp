@@ -253,13 +253,18 @@ Config parse_config_yaml(std::string_view yaml_text) {
   }
   Config c;
   if (root.IsNull()) return c;
-  check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "coalesce_manifests", "timeouts",
+  check_keys(root, "config", {"listen", "threads", "cache_dir", "log_level", "coalesce_manifests", "tls", "timeouts",
                               "limits", "default_upstream", "upstreams", "variants", "webhooks", "coordination"});
   if (root["listen"]) parse_listen(scalar<std::string>(root["listen"], "listen"), c);
   if (root["threads"]) c.threads = scalar<int>(root["threads"], "threads");
   if (root["cache_dir"]) c.cache_dir = scalar<std::string>(root["cache_dir"], "cache_dir");
   if (root["log_level"]) c.log_level = scalar<std::string>(root["log_level"], "log_level");
   if (root["coalesce_manifests"]) c.coalesce_manifests = scalar<bool>(root["coalesce_manifests"], "coalesce_manifests");
+  if (auto t = root["tls"]) {
+    check_keys(t, "tls", {"cert_file", "key_file"});
+    if (t["cert_file"]) c.tls.cert_file = scalar<std::string>(t["cert_file"], "tls.cert_file");
+    if (t["key_file"]) c.tls.key_file = scalar<std::string>(t["key_file"], "tls.key_file");
+  }
   if (auto t = root["timeouts"]) {
     check_keys(t, "timeouts", {"header", "idle", "upstream_connect", "upstream_read", "shutdown"});
     if (t["header"]) c.timeouts.header = duration_at(t["header"], "timeouts.header");
@@ -335,6 +340,9 @@ void finalize_config(Config& c) {
   if (c.threads < 0 || c.threads > 256) fail("threads must be between 0 and 256");
   if (c.limits.max_header_bytes < 1024) fail("limits.max_header_bytes must be at least 1024");
   check_coordination(c.coordination);
+  // The files themselves are checked when the server loads them (load_listener_tls).
+  if (c.tls.cert_file.empty() != c.tls.key_file.empty())
+    fail("tls: cert_file and key_file go together (both set: the listener serves HTTPS; neither: HTTP)");
 }
 
 }  // namespace accel

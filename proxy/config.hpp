@@ -111,6 +111,15 @@ struct CoordinationConfig {
   Duration lease_ttl{std::chrono::seconds(30)};  // a dead replica's conversion is taken over after this
 };
 
+// HTTPS on the listening side: both set, the listener serves TLS only (one listener, TLS or
+// not). The files are read at start and again on SIGHUP (proxy/listener_tls.*).
+struct ListenTls {
+  std::string cert_file;  // PEM: the certificate, then any intermediates
+  std::string key_file;   // PEM: its private key, unencrypted
+
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct Config {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 5000;
@@ -120,6 +129,7 @@ struct Config {
   // Identical manifest requests (same upstream, method, target and headers, credentials
   // included) in flight at the same time share one upstream exchange.
   bool coalesce_manifests = true;
+  ListenTls tls;
   Timeouts timeouts;
   Limits limits;
   std::string default_upstream;

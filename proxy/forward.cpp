@@ -10,6 +10,7 @@
 #include <boost/beast/http.hpp>
 #include <charconv>
 #include <chrono>
+#include <span>
 #include <spdlog/spdlog.h>
 
 #include "proxy/http_headers.hpp"
@@ -36,8 +37,27 @@ void ResponseHead::set(std::string name, std::string value) {
   fields.emplace_back(std::move(name), std::move(value));
 }
 
-ClientConnection::ClientConnection(net::ip::tcp::socket& socket, Deadline& deadline, Duration write_timeout)
-    : socket_(socket), deadline_(deadline), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
+ClientConnection::ClientConnection(ClientStream& stream, Deadline& deadline, Duration write_timeout)
+    : stream_(stream), deadline_(deadline), write_timeout_(write_timeout), scratch_(new char[kScratchSize]) {}
+
+// Every write to the client goes through here: plain TCP or TLS, the same call. async_write
+// stops without an error when a stream writes 0 bytes; a short write must never pass as whole.
+template <class Buffers>
+net::awaitable<void> ClientConnection::write(const Buffers& buffers) {
+  const size_t want = net::buffer_size(buffers);
+  size_t n = co_await std::visit([&](auto& s) { return net::async_write(s, buffers, net::use_awaitable); }, stream_);
+  if (n != want) throw std::runtime_error("short write to the client");
+}
+
+namespace {
+
+// The parts of a write without an empty first one (the head once sent). beast::ssl_stream sizes
+// each write by its first buffer: an empty one before a large body made it write nothing.
+std::span<const net::const_buffer> without_empty_head(std::span<const net::const_buffer> parts) {
+  return parts.front().size() == 0 ? parts.subspan(1) : parts;
+}
+
+}  // namespace
 
 void ClientConnection::begin(bool head_request, bool keep_alive, bool http10) {
   head_request_ = head_request;
@@ -93,10 +113,10 @@ net::awaitable<void> ClientConnection::write_body(net::const_buffer data) {
     int n = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
     std::array<net::const_buffer, 4> parts{net::buffer(pending_head_), net::buffer(size_line, n), data,
                                            net::buffer("\r\n", 2)};
-    co_await net::async_write(socket_, parts, net::use_awaitable);
+    co_await write(without_empty_head(parts));
   } else {
     std::array<net::const_buffer, 2> parts{net::buffer(pending_head_), data};
-    co_await net::async_write(socket_, parts, net::use_awaitable);
+    co_await write(without_empty_head(parts));
   }
   pending_head_.clear();
 }
@@ -104,7 +124,7 @@ net::awaitable<void> ClientConnection::write_body(net::const_buffer data) {
 net::awaitable<void> ClientConnection::flush() {
   if (!pending_head_.empty()) {
     deadline_.expires_after(write_timeout_);
-    co_await net::async_write(socket_, net::buffer(pending_head_), net::use_awaitable);
+    co_await write(net::buffer(pending_head_));
     pending_head_.clear();
   }
   deadline_.expires_never();
@@ -115,7 +135,7 @@ net::awaitable<void> ClientConnection::finish() {
   chunked_ = false;
   if (!pending_head_.empty()) {
     deadline_.expires_after(write_timeout_);
-    co_await net::async_write(socket_, net::buffer(pending_head_), net::use_awaitable);
+    co_await write(net::buffer(pending_head_));
     pending_head_.clear();
   }
 }
@@ -192,7 +212,8 @@ constexpr uint64_t kSpliceMinBytes = 64 * 1024;
 
 net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit) {
   auto unbuffered = response.unbuffered_body_bytes();
-  if (limit == UINT64_MAX && client.raw_body() && unbuffered && *unbuffered >= kSpliceMinBytes) {
+  auto* plain_client = client.plain_socket();
+  if (limit == UINT64_MAX && plain_client && client.raw_body() && unbuffered && *unbuffered >= kSpliceMinBytes) {
     // Zero-copy when both sides are plain TCP: the fast path for blobs. The body bytes that came
     // with the upstream's header go out with the response head, in one write.
     auto scratch = client.scratch();
@@ -205,7 +226,7 @@ net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& c
     uint64_t moved = 0;
     bool spliced = false;
     try {
-      spliced = co_await response.splice_to(client.socket(), client.write_timeout(), moved);
+      spliced = co_await response.splice_to(*plain_client, client.write_timeout(), moved);
     } catch (...) {
       client.count_body(moved);
       throw;
@@ -234,9 +255,10 @@ net::awaitable<void> relay(UpstreamResponse& response, ClientConnection& client,
 }
 
 std::string proxy_base_url(const Request& request, const Config& config) {
+  const std::string scheme = config.tls.enabled() ? "https://" : "http://";
   auto host = request[http::field::host];
-  if (!host.empty() && host.find_first_of(" \r\n\"<>") == std::string_view::npos) return "http://" + std::string(host);
-  return "http://" + config.listen_host + ":" + std::to_string(config.listen_port);
+  if (!host.empty() && host.find_first_of(" \r\n\"<>") == std::string_view::npos) return scheme + std::string(host);
+  return scheme + config.listen_host + ":" + std::to_string(config.listen_port);
 }
 
 // For upstreams with token_proxy: point the client's token requests at us.

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "auth/challenge.hpp"
+#include "proxy/client_stream.hpp"
 #include "proxy/config.hpp"
 #include "proxy/deadline.hpp"
 #include "proxy/metrics.hpp"
@@ -59,8 +60,8 @@ struct ResponseHead {
 class ClientConnection {
  public:
   // `write_timeout`: longest a client may take to accept more of an answer, kept by `deadline`
-  // (the socket's).
-  ClientConnection(net::ip::tcp::socket& socket, Deadline& deadline, Duration write_timeout);
+  // (the stream's TCP socket's).
+  ClientConnection(ClientStream& stream, Deadline& deadline, Duration write_timeout);
 
   // Starts a new exchange: `head_request` answers carry no body; `keep_alive` is the client's
   // wish; an HTTP/1.0 client (`http10`) must be told explicitly that the connection stays open.
@@ -73,7 +74,9 @@ class ClientConnection {
 
   // Body bytes may go straight to the socket (not chunked, not a HEAD answer).
   bool raw_body() const { return !chunked_ && !head_request_; }
-  net::ip::tcp::socket& socket() { return socket_; }
+  // The bare socket for the zero-copy paths (splice, sendfile); null over TLS, where the bytes
+  // must pass through the encryption: those paths then copy through scratch() and write_body().
+  net::ip::tcp::socket* plain_socket() { return std::get_if<net::ip::tcp::socket>(&stream_); }
   void count_body(uint64_t n) { body_bytes_ += n; }
   Duration write_timeout() const { return write_timeout_; }
 
@@ -87,7 +90,10 @@ class ClientConnection {
   static constexpr size_t kScratchSize = 256 * 1024;
 
  private:
-  net::ip::tcp::socket& socket_;
+  template <class Buffers>
+  net::awaitable<void> write(const Buffers& buffers);
+
+  ClientStream& stream_;
   Deadline& deadline_;
   Duration write_timeout_;
   std::unique_ptr<char[]> scratch_;

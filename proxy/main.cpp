@@ -107,7 +107,8 @@ int serve(const std::vector<std::string_view>& args) {
   uint16_t port = server.bind();
   for (const auto& u : config.upstreams)
     spdlog::info("upstream name={} url={}{}", u.name, u.url, u.name == config.default_upstream ? " default=true" : "");
-  std::printf("accel-proxy listening on http://%s:%u\n", config.listen_host.c_str(), port);
+  std::printf("accel-proxy listening on %s://%s:%u\n", config.tls.enabled() ? "https" : "http",
+              config.listen_host.c_str(), port);
   std::fflush(stdout);
   server.run();
   return 0;

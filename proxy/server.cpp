@@ -8,23 +8,29 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <spdlog/spdlog.h>
 #include <thread>
 
 #include "proxy/forward.hpp"
+#include "proxy/listener_tls.hpp"
 
 namespace accel {
 
 namespace beast = boost::beast;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+// How long a closing TLS connection waits for the client's close_notify after sending ours.
+constexpr Duration kTlsShutdownTimeout{std::chrono::seconds(1)};
 
 void describe_proxy_metrics(Metrics& m) {
   using T = Metrics::Type;
@@ -36,6 +42,10 @@ void describe_proxy_metrics(Metrics& m) {
   m.describe("accel_proxy_open_connections", T::gauge, "Client connections currently open.");
   m.describe("accel_proxy_coalesced_requests_total", T::counter,
              "Manifest requests answered with the answer of an identical request in flight, by upstream.");
+  m.describe("accel_proxy_tls_handshake_failures_total", T::counter,
+             "Client connections whose TLS handshake failed or timed out (HTTPS listener).");
+  m.describe("accel_proxy_tls_reloads_total", T::counter,
+             "Certificate reloads on SIGHUP, by result: ok, or failed (the previous certificate kept).");
 }
 
 // One thread's share of the server. Member order matters: the upstream client must outlive the
@@ -49,6 +59,9 @@ struct Server::Worker {
   std::thread thread;
   bool draining = false;                   // touched only on this worker's thread
   std::map<tcp::socket*, bool> open;  // client connections; true while waiting for a request
+  // The HTTPS listener's context for new connections (null: plain HTTP). Replaced on reload by
+  // a task posted to this thread; each connection holds the one it was accepted with.
+  std::shared_ptr<ssl::context> tls;
 
   Worker(const Config& config, Metrics& metrics, TokenRealms& realms, Variants* variants)
       : upstreams(io->get_executor(), config),
@@ -61,7 +74,7 @@ struct Server::Worker {
   }
 
   net::awaitable<void> accept_loop();
-  net::awaitable<void> session(tcp::socket socket);
+  net::awaitable<void> session(tcp::socket accepted, std::shared_ptr<ssl::context> tls_context);
   void drain();  // runs on this worker's thread
 };
 
@@ -80,9 +93,9 @@ std::string_view method_label(http::verb v) {
 }
 
 // Answers a request that could not be read at all, then the connection closes.
-net::awaitable<void> reject(tcp::socket& socket, Deadline& deadline, Duration timeout, unsigned status,
+net::awaitable<void> reject(ClientStream& stream, Deadline& deadline, Duration timeout, unsigned status,
                             std::string_view code, std::string_view message) {
-  ClientConnection client(socket, deadline, timeout);
+  ClientConnection client(stream, deadline, timeout);
   client.begin(false, false);
   co_await send_error(client, status, code, message);
 }
@@ -98,15 +111,21 @@ net::awaitable<void> Server::Worker::accept_loop() {
       continue;
     }
     socket.set_option(tcp::no_delay(true));
-    net::co_spawn(*io, session(std::move(socket)), net::detached);
+    net::co_spawn(*io, session(std::move(socket), tls), net::detached);
   }
 }
 
-net::awaitable<void> Server::Worker::session(tcp::socket socket) {
+net::awaitable<void> Server::Worker::session(tcp::socket accepted, std::shared_ptr<ssl::context> tls_context) {
   const Config& config = context.config;
   Metrics& metrics = context.metrics;
+  // `tls_context` (held by this frame; null for plain HTTP) is the context this connection was
+  // accepted with: a reload changes what new connections get, never an open one.
+  ClientStream stream = tls_context
+                            ? ClientStream(std::in_place_type<ClientTls>, std::move(accepted), *tls_context)
+                            : ClientStream(std::in_place_type<tcp::socket>, std::move(accepted));
+  tcp::socket& socket = tcp_socket_of(stream);
   Deadline deadline(socket);
-  ClientConnection client(socket, deadline, config.timeouts.idle);
+  ClientConnection client(stream, deadline, config.timeouts.idle);
   beast::flat_buffer buffer;
   // Listed in `open` (for drain) and counted while the session lasts, however it ends.
   metrics.add("accel_proxy_open_connections", {}, 1);
@@ -121,12 +140,29 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
   } listing{open, open.emplace(&socket, false).first, metrics};
   bool& idle = listing.entry->second;
 
-  while (!draining) {
+  bool usable = true;
+  if (auto* secure = std::get_if<ClientTls>(&stream)) {
+    // The handshake counts as the start of the first request: the header timeout applies, and
+    // draining may close a connection still in it.
+    idle = true;
+    deadline.expires_after(config.timeouts.header);
+    auto [ec] = co_await secure->async_handshake(ssl::stream_base::server, use_tuple);
+    idle = false;
+    if (ec) {
+      usable = false;
+      metrics.add("accel_proxy_tls_handshake_failures_total", {});
+      spdlog::debug("TLS handshake failed: {}", deadline.expired() ? "timed out" : ec.message());
+    }
+  }
+
+  bool broken = false;
+  while (usable && !draining) {
     // Between requests the idle timeout applies; once a request starts, the header timeout.
     if (buffer.size() == 0) {
       idle = true;
       deadline.expires_after(config.timeouts.idle);
-      auto [ec, n] = co_await socket.async_read_some(buffer.prepare(8192), use_tuple);
+      auto [ec, n] = co_await std::visit(
+          [&](auto& s) { return s.async_read_some(buffer.prepare(8192), use_tuple); }, stream);
       idle = false;
       if (ec || n == 0) break;
       buffer.commit(n);
@@ -146,22 +182,24 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
     if (ec == http::error::need_more) ec = {};
     if (!ec && !parser.is_done()) {
       deadline.expires_after(config.timeouts.header);
-      std::tie(ec, std::ignore) = co_await http::async_read(socket, buffer, parser, use_tuple);
+      std::tie(ec, std::ignore) =
+          co_await std::visit([&](auto& s) { return http::async_read(s, buffer, parser, use_tuple); }, stream);
     }
     if (ec == http::error::header_limit) {
-      co_await reject(socket, deadline, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
+      co_await reject(stream, deadline, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
       break;
     }
     if (ec == http::error::body_limit) {
-      co_await reject(socket, deadline, config.timeouts.idle, 413, "SIZE_INVALID", "request body too large");
+      co_await reject(stream, deadline, config.timeouts.idle, 413, "SIZE_INVALID", "request body too large");
       break;
     }
     // operation_aborted: the header timeout passed (or the server is draining).
+    // stream_truncated: a TLS client closed the connection without close_notify.
     if (ec == net::error::operation_aborted || ec == http::error::end_of_stream || ec == net::error::eof ||
-        ec == net::error::connection_reset || ec == http::error::partial_message)
+        ec == net::error::connection_reset || ec == http::error::partial_message || ec == ssl::error::stream_truncated)
       break;
     if (ec) {
-      co_await reject(socket, deadline, config.timeouts.idle, 400, "UNSUPPORTED", "malformed HTTP request");
+      co_await reject(stream, deadline, config.timeouts.idle, 400, "UNSUPPORTED", "malformed HTTP request");
       break;
     }
 
@@ -169,7 +207,6 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
     const auto started = Clock::now();
     client.begin(request.method() == http::verb::head, request.keep_alive() && !draining, request.version() == 10);
     ExchangeInfo info;
-    bool broken = false;
     try {
       co_await handle_request(context, request, client, info);
     } catch (const std::exception& e) {
@@ -190,6 +227,11 @@ net::awaitable<void> Server::Worker::session(tcp::socket socket) {
                  info.coalesced ? " coalesced=true" : "", broken ? " aborted=true" : "");
     if (broken || !client.keep_alive()) break;
   }
+  if (auto* secure = std::get_if<ClientTls>(&stream); secure && usable && !broken) {
+    // close_notify tells the client our close is an end, not a cut. Bounded: it need not answer.
+    deadline.expires_after(kTlsShutdownTimeout);
+    co_await secure->async_shutdown(use_tuple);
+  }
   beast::error_code ignored;
   socket.shutdown(tcp::socket::shutdown_send, ignored);
   socket.close(ignored);
@@ -207,8 +249,17 @@ void Server::Worker::drain() {
 }
 
 Server::Server(const Config& config, Metrics& metrics, Variants* variants) : config_(config), metrics_(metrics) {
+  // First: a certificate or key that cannot be used stops the start with a ConfigError.
+  std::shared_ptr<ssl::context> tls;
+  if (config.tls.enabled()) {
+    tls = load_listener_tls(config.tls);
+    spdlog::info("tls certificate {}", describe_certificate(*tls));
+  }
   int threads = config.threads > 0 ? config.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>(config, metrics, realms_, variants));
+  for (int i = 0; i < threads; ++i) {
+    workers_.push_back(std::make_unique<Worker>(config, metrics, realms_, variants));
+    workers_.back()->tls = tls;
+  }
   describe_proxy_metrics(metrics);
 }
 
@@ -238,13 +289,22 @@ void Server::run() {
     w->thread = std::thread([&io = *w->io] { io.run(); });
   }
 
-  // The main thread waits for a signal, then drains every worker and waits for them.
+  // The main thread waits for signals: SIGHUP reloads the certificate and waits again; SIGTERM
+  // or SIGINT drains every worker, then it waits for them.
   net::io_context signals_io(1);
-  net::signal_set signals(signals_io, SIGTERM, SIGINT);
-  signals.async_wait([&](const boost::system::error_code&, int signal) {
+  net::signal_set signals(signals_io, SIGTERM, SIGINT, SIGHUP);
+  std::function<void(const boost::system::error_code&, int)> on_signal = [&](const boost::system::error_code& ec,
+                                                                              int signal) {
+    if (ec) return;
+    if (signal == SIGHUP) {
+      reload_tls();
+      signals.async_wait(on_signal);
+      return;
+    }
     spdlog::info("signal {} received: finishing in-flight requests", signal);
     for (auto& w : workers_) net::post(*w->io, [worker = w.get()] { worker->drain(); });
-  });
+  };
+  signals.async_wait(on_signal);
   signals_io.run();
 
   const auto deadline = Clock::now() + config_.timeouts.shutdown;
@@ -257,6 +317,23 @@ void Server::run() {
     w->thread.join();
   }
   spdlog::info("stopped");
+}
+
+void Server::reload_tls() {
+  if (!config_.tls.enabled()) {
+    spdlog::info("SIGHUP: the listener serves plain HTTP, no certificate to reload");
+    return;
+  }
+  try {
+    auto tls = load_listener_tls(config_.tls);
+    // Each worker swaps its context on its own thread: no lock on the accept path.
+    for (auto& w : workers_) net::post(*w->io, [worker = w.get(), tls] { worker->tls = tls; });
+    metrics_.add("accel_proxy_tls_reloads_total", {{"result", "ok"}});
+    spdlog::info("tls reloaded: new connections get certificate {}", describe_certificate(*tls));
+  } catch (const std::exception& e) {
+    metrics_.add("accel_proxy_tls_reloads_total", {{"result", "failed"}});
+    spdlog::error("tls reload failed, new connections keep the previous certificate: {}", e.what());
+  }
 }
 
 }  // namespace accel

@@ -1,6 +1,7 @@
 // The listening side: worker threads, each with its own io_context, SO_REUSEPORT acceptor and
 // upstream connection pools; one coroutine per client connection running a read-handle-write
-// loop around handle_request(); graceful shutdown on SIGTERM/SIGINT.
+// loop around handle_request(), over plain TCP or TLS (`tls:` in the config); graceful shutdown
+// on SIGTERM/SIGINT; SIGHUP reloads the TLS certificate and key for new connections.
 #pragma once
 
 #include <memory>
@@ -15,7 +16,8 @@ class Variants;
 
 class Server {
  public:
-  // `variants` may be null (variants off); it must outlive the server.
+  // `variants` may be null (variants off); it must outlive the server. Loads the TLS
+  // certificate and key when configured: throws ConfigError when they are unusable.
   Server(const Config& config, Metrics& metrics, Variants* variants = nullptr);
   ~Server();
 
@@ -26,6 +28,8 @@ class Server {
 
  private:
   struct Worker;
+  // SIGHUP: re-reads tls.cert_file and tls.key_file; a bad pair is logged and the old one kept.
+  void reload_tls();
   const Config& config_;
   Metrics& metrics_;
   TokenRealms realms_;

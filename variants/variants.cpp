@@ -42,9 +42,31 @@ cache::CacheLimits cache_limits(const Config& config) {
   return l;
 }
 
-// Moves `length` bytes of a file from `offset` to the client socket with sendfile(2).
+// Over TLS the bytes must be encrypted on their way: read into the connection's scratch buffer
+// and written like any other body.
+net::awaitable<void> copy_file_to_client(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
+  auto scratch = client.scratch();
+  uint64_t left = length;
+  while (left > 0) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
+    ssize_t n = ::pread(fd, scratch.data(), want, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw std::runtime_error(n == 0 ? "cached blob shorter than indexed" : "reading a cached blob failed");
+    co_await client.write_body(net::buffer(scratch.data(), static_cast<size_t>(n)));
+    offset += static_cast<uint64_t>(n);
+    left -= static_cast<uint64_t>(n);
+  }
+}
+
+// Moves `length` bytes of a file from `offset` to the client socket with sendfile(2) (plain
+// TCP), or copies them (TLS).
 net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
-  auto& socket = client.socket();
+  auto* plain = client.plain_socket();
+  if (!plain) {
+    co_await copy_file_to_client(client, fd, offset, length);
+    co_return;
+  }
+  auto& socket = *plain;
   if (!socket.non_blocking()) socket.non_blocking(true);  // each call is an ioctl
   off_t pos = static_cast<off_t>(offset);
   uint64_t left = length;

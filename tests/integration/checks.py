@@ -33,7 +33,7 @@ def assert_healthy(proxy):
         status = proxy.service.proc.returncode
         how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         raise AssertionError(f"accel-proxy is gone ({how}):\n" + proxy.log_tail())
-    resp = requests.get(proxy.url + "/healthz", timeout=5)
+    resp = requests.get(proxy.url + "/healthz", timeout=5, verify=getattr(proxy, "verify", True))
     assert resp.status_code == 200 and resp.text.strip() == "ok"
 
 

@@ -48,8 +48,10 @@ class Service:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_http(self, url, timeout=20.0, ready=lambda r: True):
-        """Poll url until ready(response) holds; fail early if the process exits."""
+    def wait_http(self, url, timeout=20.0, ready=lambda r: True, verify=True):
+        """Poll url until ready(response) holds; fail early if the process exits.
+
+        verify: as requests takes it (a CA bundle path for an https server of a test CA)."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -58,7 +60,7 @@ class Service:
                     f"{self.name} exited with {self.proc.returncode} while starting:\n"
                     + self.log_tail())
             try:
-                resp = requests.get(url, timeout=2, allow_redirects=False)
+                resp = requests.get(url, timeout=2, allow_redirects=False, verify=verify)
                 if ready(resp):
                     return resp
                 last = f"HTTP {resp.status_code}"

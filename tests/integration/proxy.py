@@ -36,12 +36,15 @@ def upstream(name, url, **options):
 
 class Proxy:
     def __init__(self, workdir, upstreams, default_upstream=None, timeouts=None, limits=None,
-                 log_level="info", threads=2, extra_config=None):
-        """extra_config: more top-level config sections as given (e.g. `variants`, `webhooks`)."""
+                 log_level="info", threads=2, extra_config=None, tls=None, ca=None):
+        """extra_config: more top-level config sections as given (e.g. `variants`, `webhooks`).
+        tls: (cert, key) paths: the listener serves https; ca: the CA that signed cert, which
+        the readiness check (and `verify`, for a test's own requests) trusts."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify = str(ca) if ca else True
         self.config = {
             "listen": f"127.0.0.1:{self.port}",
             "threads": threads,
@@ -52,6 +55,8 @@ class Proxy:
             "default_upstream": default_upstream,
             "upstreams": upstreams,
         }
+        if tls:
+            self.config["tls"] = {"cert_file": str(tls[0]), "key_file": str(tls[1])}
         self.config.update(extra_config or {})
         self.service = None
         self.stopped_on_purpose = False
@@ -65,7 +70,8 @@ class Proxy:
         self.service.start()
         try:
             self.service.wait_http(self.url + "/healthz",
-                                   ready=lambda r: r.status_code == 200 and r.text.strip() == "ok")
+                                   ready=lambda r: r.status_code == 200 and r.text.strip() == "ok",
+                                   verify=self.verify)
         except Exception:
             self.service.stop(signal.SIGKILL)
             raise
@@ -73,6 +79,10 @@ class Proxy:
 
     def alive(self):
         return self.service.alive()
+
+    def reload(self):
+        """SIGHUP: the proxy re-reads its TLS certificate and key."""
+        self.service.send_signal(signal.SIGHUP)
 
     def terminate(self):
         """SIGTERM, as a test that checks shutdown does it; the fixture then expects the exit."""

@@ -9,10 +9,18 @@ from process import require_program
 SKOPEO = "/usr/bin/skopeo"
 
 
-def copy_to_dir(source_ref, dest_dir, creds=None, all_images=True, timeout=180):
-    """`skopeo copy docker://SOURCE dir:DEST`; returns the CompletedProcess."""
+def copy_to_dir(source_ref, dest_dir, creds=None, all_images=True, timeout=180, cert_dir=None,
+                tls_verify=False):
+    """`skopeo copy docker://SOURCE dir:DEST`; returns the CompletedProcess.
+
+    By default the source is read over plain http (tls-verify off). tls_verify: https only,
+    certificate checked against the system store, or against the CA certificates (*.crt) in
+    cert_dir."""
     require_program(SKOPEO, "skopeo")
-    argv = [SKOPEO, "--insecure-policy", "copy", "--src-tls-verify=false"]
+    argv = [SKOPEO, "--insecure-policy", "copy",
+            "--src-tls-verify=true" if tls_verify or cert_dir else "--src-tls-verify=false"]
+    if cert_dir:
+        argv.append(f"--src-cert-dir={cert_dir}")
     if all_images:
         argv.append("--all")
     if creds:

@@ -125,3 +125,26 @@ def test_harbor_guide_hosts_toml_and_api_bodies():
     assert target["address"] == proxy_url + "/hooks/harbor"
     config = __import__("yaml").safe_load(guide_heredoc("YAML"))
     assert target["auth_header"] == config["webhooks"]["secret"]
+
+
+CONTAINERD = os.path.join(ROOT, "configs", "containerd")
+
+
+def load_containerd_toml(name):
+    with open(os.path.join(CONTAINERD, name), "rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.mark.parametrize("name, scheme", [("mirror-http.toml", "http"), ("mirror-https.toml", "https"),
+                                          ("proxy-https.toml", "https")])
+def test_containerd_hosts_files(name, scheme):
+    """configs/containerd/: one proxy host each, pull and resolve, https ones naming a CA file.
+    (proxy-https.toml is also used as it is by test_listen_tls.py's ctr pull.)"""
+    c = load_containerd_toml(name)
+    (host, settings), = c["host"].items()
+    assert host.startswith(scheme + "://")
+    assert set(settings["capabilities"]) == {"pull", "resolve"}
+    if scheme == "https":
+        assert settings["ca"].startswith("/")
+    else:
+        assert "ca" not in settings

@@ -1,102 +1,23 @@
 """An https upstream: CA bundles, certificate verification, hostname checks.
 
-A throwaway CA is made for the module; docker-registry serves https with a certificate it
+A throwaway CA is made for the module (pki.py); docker-registry serves https with a certificate it
 signed. The proxy must trust that CA only when `ca_file` names it (the system store does not
 know it), skip verification only when `insecure_skip_verify` says so, and check that the
 certificate names the host of the upstream URL.
 """
-import datetime
 import hashlib
-import ipaddress
 import json
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import images
 import skopeo
 from checks import assert_healthy, assert_oci_error
+from pki import make_pki
 from proxy import upstream
 from registry import Registry
-
-
-# ---- a throwaway PKI -----------------------------------------------------------------------
-
-@dataclass
-class Pki:
-    ca: Path            # CA certificate (PEM): the `ca_file`
-    server: tuple       # (cert, key) for IP 127.0.0.1 and DNS localhost
-    wrong_name: tuple   # (cert, key) for DNS wrong.example only
-
-
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())  # fast to make, fine for TLS 1.2 and 1.3
-
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _validity(builder):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (builder.not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=2)))
-
-
-def _write_key(key, path):
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
-def _write_cert(cert, path):
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _leaf(directory, stem, ca_key, ca_cert, cn, sans):
-    key = _key()
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   ca_key.public_key()), critical=False))
-    cert = _validity(builder).sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-    _write_cert(cert, cert_path)
-    _write_key(key, key_path)
-    return cert_path, key_path
-
-
-def make_pki(directory: Path) -> Pki:
-    ca_key = _key()
-    ca_builder = (x509.CertificateBuilder().subject_name(_name("accel-proxy test CA"))
-                  .issuer_name(_name("accel-proxy test CA")).public_key(ca_key.public_key())
-                  .serial_number(x509.random_serial_number())
-                  .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                  .add_extension(x509.KeyUsage(
-                      digital_signature=True, content_commitment=False, key_encipherment=False,
-                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                      crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                  .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                                 critical=False))
-    ca_cert = _validity(ca_builder).sign(ca_key, hashes.SHA256())
-    ca_path = directory / "ca.pem"
-    _write_cert(ca_cert, ca_path)
-    server = _leaf(directory, "server", ca_key, ca_cert, "127.0.0.1",
-                   [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
-    wrong = _leaf(directory, "wrong-name", ca_key, ca_cert, "wrong.example",
-                  [x509.DNSName("wrong.example")])
-    return Pki(ca_path, server, wrong)
 
 
 # ---- fixtures ------------------------------------------------------------------------------

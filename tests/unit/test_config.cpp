@@ -149,6 +149,35 @@ TEST_CASE("mistakes in the config are reported clearly") {
   fails("[1, 2", "YAML");
 }
 
+TEST_CASE("tls: both files serve HTTPS, neither plain HTTP, one alone is refused") {
+  auto c = parse_config_yaml(
+      "upstreams: [{url: 'http://x'}]\ntls: {cert_file: /etc/accel/cert.pem, key_file: /etc/accel/key.pem}\n");
+  finalize_config(c);
+  CHECK(c.tls.enabled());
+  CHECK(c.tls.cert_file == "/etc/accel/cert.pem");
+  CHECK(c.tls.key_file == "/etc/accel/key.pem");
+
+  auto plain = parse_config_yaml("upstreams: [{url: 'http://x'}]\n");
+  finalize_config(plain);
+  CHECK_FALSE(plain.tls.enabled());
+
+  auto fails = [](std::string yaml, std::string fragment) {
+    INFO(yaml);
+    try {
+      auto bad = parse_config_yaml(yaml);
+      finalize_config(bad);
+      FAIL("no error");
+    } catch (const ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+    }
+  };
+  fails("upstreams: [{url: 'http://x'}]\ntls: {cert_file: /c.pem}\n", "cert_file and key_file go together");
+  fails("upstreams: [{url: 'http://x'}]\ntls: {key_file: /k.pem}\n", "cert_file and key_file go together");
+  fails("upstreams: [{url: 'http://x'}]\ntls: {cert_file: /c.pem, key_file: /k.pem, ca_file: /ca.pem}\n",
+        "tls: unknown key 'ca_file'");
+  fails("upstreams: [{url: 'http://x'}]\ntls: /c.pem\n", "tls: expected a mapping");
+}
+
 TEST_CASE("the variants section parses and is checked") {
   auto c = parse_config_yaml(R"(
 upstreams: [{url: 'http://a:1'}]
