@@ -86,6 +86,8 @@ runroot = "{self.root}/run"
 """)
         # Short names never resolve to a remote registry: every image here is localhost/.
         (self.root / "registries.conf").write_text('unqualified-search-registries = []\n')
+        # No credentials saved on this machine are read (podman wants the file to exist).
+        (self.root / "auth.json").write_text('{"auths": {}}\n')
 
     def run(self, *args, timeout=120, check=True, input=None):
         argv = [PODMAN, *map(str, args)]
