@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
 PODMAN = "/usr/bin/podman"
 PODMAN_COMPOSE = "/usr/bin/podman-compose"
 BASE_IMAGE = "localhost/debian:bookworm-base"
 CACHE_ROOT = Path(os.environ.get("ACCEL_CONTAINER_CACHE") or
-                  Path("/var/tmp/accel-proxy-container") /
-                  hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12])
+                  Path("/var/tmp/accel-proxy-container") / CHECKOUT)
 BASE_CACHE = Path(os.environ.get("ACCEL_BASE_CACHE") or CACHE_ROOT.parent / "base-image")
 # One stack at a time on a machine: the stacks' bridge networks come from each private CNI
 # directory's own allocation, which does not see another checkout's.
@@ -62,8 +62,13 @@ class Podman:
         nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         # podman caps its own RLIMIT_NPROC at 32768 before starting the runtime.
         nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
-        for d in ("storage", "run", "tmp", "cni", "home"):
+        for d in ("storage", "tmp", "cni", "home"):
             (self.root / d).mkdir(exist_ok=True)
+        # podman passes runroot to the cleanup process it starts when a container exits, which
+        # refuses one longer than 50 characters; `podman run` then waits 20s for an exit code.
+        self.runroot = Path("/run/accel-proxy-container") / f"{CHECKOUT}-{self.driver}"
+        assert len(str(self.runroot)) <= 50, self.runroot
+        self.runroot.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(f"""\
 # Written by tests/container/podman_env.py; see docs/CONTAINERS.md.
 [containers]
@@ -82,7 +87,7 @@ network_config_dir = "{self.root}/cni"
 [storage]
 driver = "{self.driver}"
 graphroot = "{self.root}/storage"
-runroot = "{self.root}/run"
+runroot = "{self.runroot}"
 """)
         # Short names never resolve to a remote registry: every image here is localhost/.
         (self.root / "registries.conf").write_text('unqualified-search-registries = []\n')
