@@ -130,6 +130,18 @@ runroot = "{self.runroot}"
                               + (f"; see {log}" if log else ""))
         return done
 
+    @staticmethod
+    def failed_commands(log):
+        """The podman commands podman-compose logged as failing (it prints `exit code: N`
+        after each one it waits for) in log's text."""
+        failed, last = [], None
+        for line in Path(log).read_text().splitlines():
+            if line.startswith("podman ") or line.startswith("['podman'"):
+                last = line
+            elif line.startswith("exit code: ") and line.split()[-1] != "0":
+                failed.append(f"{last} -> {line}")
+        return failed
+
     def image_exists(self, name):
         return self.run("image", "exists", name, check=False).returncode == 0
 

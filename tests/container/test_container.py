@@ -151,10 +151,12 @@ def stack_images(podman, tmp_path_factory):
             f"podman build --target build failed:\n{log.read_text()[-6000:]}"
         podman.compose(PROJECT, "--podman-build-args=--network host", "build",
                        extra_env={"BASE_IMAGE": BASE_IMAGE}, timeout=BUILD_TIMEOUT, log=log)
+        failed = podman.failed_commands(log)
         missing = [i for i in STACK_IMAGES if not podman.image_exists(i)]
         # Earlier builds' layers that no tag uses any more.
         podman.run("image", "prune", "-f", check=False)
-    assert not missing, f"podman-compose build made no {missing}:\n{log.read_text()[-6000:]}"
+    assert not failed and not missing, \
+        f"podman-compose build: {failed}, no {missing}:\n{log.read_text()[-6000:]}"
     print(f"images built in {time.monotonic() - started:.0f}s")
     return STACK_IMAGES
 
@@ -213,8 +215,12 @@ def stack(podman, stack_images, tmp_path):
     with machine_lock():
         down()   # what an interrupted earlier run left behind
         try:
+            up_log = tmp_path / "compose-up.log"
             podman.compose(PROJECT, "up", "-d", "--no-build", extra_env=env, timeout=UP_TIMEOUT,
-                           log=log)
+                           log=up_log)
+            log.write_text(log.read_text() + up_log.read_text())
+            failed = podman.failed_commands(up_log)
+            assert not failed, f"podman-compose up: {failed}\n{logs()}"
             running = podman.run("ps", "--filter", f"label=io.podman.compose.project={PROJECT}",
                                  "--format", "{{.Names}}").stdout.split()
             assert sorted(running) == sorted(f"{PROJECT}_{s}_1" for s in compose_services()), \
