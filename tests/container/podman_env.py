@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import resource
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -36,6 +37,31 @@ class PodmanError(RuntimeError):
 
 def _tail(text, limit=4000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def bounded_run(argv, env, timeout, cwd=None, stdout=subprocess.PIPE, input=None):
+    """Run argv in its own process group; past timeout, SIGTERM the group (podman passes it on
+    to the builds and containers it started), then SIGKILL it. Returns (returncode, stdout,
+    stderr); returncode None when it timed out."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=stdout,
+                            stderr=subprocess.PIPE if stdout == subprocess.PIPE else subprocess.STDOUT,
+                            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(input=input, timeout=timeout)
+        return proc.returncode, out or "", err or ""
+    except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                out, err = proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
+        return None, out or "", err or ""
 
 
 class Podman:
@@ -96,12 +122,11 @@ runroot = "{self.runroot}"
 
     def run(self, *args, timeout=120, check=True, input=None):
         argv = [PODMAN, *map(str, args)]
-        try:
-            done = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                                  timeout=timeout, input=input)
-        except subprocess.TimeoutExpired as exc:
+        code, out, err = bounded_run(argv, self.env, timeout, input=input)
+        if code is None:
             raise PodmanError(f"{' '.join(argv)} did not finish within {timeout}s:\n"
-                              f"{_tail((exc.stdout or b'').decode(errors='replace'))}") from exc
+                              f"{_tail(out + err)}")
+        done = subprocess.CompletedProcess(argv, code, out, err)
         if check and done.returncode != 0:
             raise PodmanError(f"{' '.join(argv)} exited with {done.returncode}:\n"
                               f"{_tail(done.stdout + done.stderr)}")
@@ -119,16 +144,13 @@ runroot = "{self.runroot}"
         with open(log, "a") if log else open(os.devnull, "w") as out:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
-            try:
-                done = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                      timeout=timeout, cwd=REPO_ROOT)
-            except subprocess.TimeoutExpired as exc:
-                raise PodmanError(f"{' '.join(argv)} did not finish within {timeout}s"
-                                  + (f"; see {log}" if log else "")) from exc
-        if done.returncode != 0:
-            raise PodmanError(f"{' '.join(argv)} exited with {done.returncode}"
+            code, _, _ = bounded_run(argv, env, timeout, cwd=REPO_ROOT, stdout=out)
+        if code is None:
+            raise PodmanError(f"{' '.join(argv)} did not finish within {timeout}s"
                               + (f"; see {log}" if log else ""))
-        return done
+        if code != 0:
+            raise PodmanError(f"{' '.join(argv)} exited with {code}"
+                              + (f"; see {log}" if log else ""))
 
     @staticmethod
     def failed_commands(log):
@@ -148,14 +170,12 @@ runroot = "{self.runroot}"
     def make_base_image(self, timeout=1200):
         """docker/make-base-image into this storage (the tarball is cached across runs)."""
         argv = [str(REPO_ROOT / "docker" / "make-base-image"), BASE_IMAGE]
-        try:
-            done = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise PodmanError(f"docker/make-base-image did not finish within {timeout}s") from exc
-        if done.returncode != 0:
-            raise PodmanError(f"docker/make-base-image exited with {done.returncode}:\n"
-                              f"{_tail(done.stdout + done.stderr)}")
+        code, out, err = bounded_run(argv, self.env, timeout)
+        if code is None:
+            raise PodmanError(f"docker/make-base-image did not finish within {timeout}s:\n"
+                              f"{_tail(out + err)}")
+        if code != 0:
+            raise PodmanError(f"docker/make-base-image exited with {code}:\n{_tail(out + err)}")
 
 
 def _first_line_of_error(text):
