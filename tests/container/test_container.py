@@ -232,8 +232,9 @@ def stack(podman, stack_images, tmp_path):
             yield address, logs
         finally:
             down()
-    leftover = podman.run("ps", "-a", "--filter", f"label=io.podman.compose.project={PROJECT}",
-                          "--format", "{{.Names}}").stdout.split()
+    label = f"label=io.podman.compose.project={PROJECT}"
+    leftover = podman.run("ps", "-a", "--filter", label, "--format", "{{.Names}}").stdout.split()
+    leftover += podman.run("volume", "ls", "--filter", label, "--format", "{{.Name}}").stdout.split()
     assert not leftover, f"compose down left {leftover}"
 
 
@@ -245,6 +246,15 @@ def test_compose_stack_serves_an_estargz_variant(stack, tmp_path):
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{logs()}") from exc
     assert estargz_conversions(address["PROXY_PORT"]) == 1
+
+
+def test_compose_publishes_on_loopback_only():
+    published = {name: svc.get("ports", []) for name, svc in compose_services().items()}
+    assert published["proxy"] and published["registry"], published
+    assert not published["redis"], "Redis is for the stack's network only"
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
 # ---- outside containers --------------------------------------------------------------------
