@@ -116,11 +116,16 @@ def pull_and_check_estargz(proxy_address, source: images.PushedImage, workdir):
 
 
 def estargz_conversions(proxy_address) -> float:
-    """The proxy's count of finished eStargz conversions (its /metrics)."""
+    """The proxy's count of finished eStargz conversions (its /metrics); also checks that the
+    conversion was coordinated through the stack's Redis (it holds the lease it converted under)."""
     resp = requests.get(f"http://{proxy_address}/metrics", timeout=10)
     assert resp.status_code == 200
-    return prom.total(prom.parse(resp.text), "accel_proxy_conversions_total", format="estargz",
-                      outcome="done")
+    metrics = prom.parse(resp.text)
+    done = prom.total(metrics, "accel_proxy_conversions_total", format="estargz", outcome="done")
+    if done:
+        assert prom.total(metrics, "accel_coordination_redis_up") == 1, "the proxy does not reach the stack's Redis"
+        assert prom.total(metrics, "accel_coordination_leases_acquired_total") >= done
+    return done
 
 
 # ---- in containers -------------------------------------------------------------------------
