@@ -425,6 +425,24 @@ net::awaitable<void> send_shared(ProxyContext& ctx, const UpstreamConfig& upstre
 
 // --- Route handlers ---------------------------------------------------------------------------
 
+// An upstream's `Location` (the next upload request, or where a blob or manifest now is) as the
+// client should follow it: through the proxy, and back to this upstream when `?ns=` chose it.
+// A Location on another host (storage the upstream hands uploads to) is left as it is.
+void point_location_at_proxy(ProxyContext& ctx, const Request& request, const Route& route, const Endpoint& endpoint,
+                             ResponseHead& head) {
+  for (auto& [k, v] : head.fields) {
+    if (!iequals(k, "Location")) continue;
+    auto resolved = resolve_url(v, endpoint);
+    if (!resolved || resolved->endpoint.key() != endpoint.key()) continue;
+    std::string location = proxy_base_url(request, ctx.config) + resolved->target;
+    if (auto ns = route.query_value("ns"); ns && !ns->empty() &&
+        ns->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_") == std::string::npos)
+      location.append(location.find('?') == std::string::npos ? "?" : "&").append("ns=").append(*ns);
+    v = std::move(location);
+  }
+}
+
+
 net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, Route route,
                                       ClientConnection& client, ExchangeInfo& info) {
   const auto& upstream = ctx.config.upstream_for_ns(route.query_value("ns").value_or(""));
@@ -605,27 +623,11 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
   }
   if (landing) landing->land();  // nothing to share: waiting requests ask for themselves now
   if (status == 401) rewrite_challenge(ctx, upstream, request, head);
+  if (route.kind == RouteKind::blob_upload) point_location_at_proxy(ctx, request, route, endpoint, head);  // upload status
   co_await relay(*fetched.response, client, std::move(head));
 }
 
 // --- Pushes -----------------------------------------------------------------------------------
-
-// An upstream's `Location` (the next upload request, or where a blob or manifest now is) as the
-// client should follow it: through the proxy, and back to this upstream when `?ns=` chose it.
-// A Location on another host (storage the upstream hands uploads to) is left as it is.
-void point_location_at_proxy(ProxyContext& ctx, const Request& request, const Route& route, const Endpoint& endpoint,
-                             ResponseHead& head) {
-  for (auto& [k, v] : head.fields) {
-    if (!iequals(k, "Location")) continue;
-    auto resolved = resolve_url(v, endpoint);
-    if (!resolved || resolved->endpoint.key() != endpoint.key()) continue;
-    std::string location = proxy_base_url(request, ctx.config) + resolved->target;
-    if (auto ns = route.query_value("ns"); ns && !ns->empty() &&
-        ns->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_") == std::string::npos)
-      location.append(location.find('?') == std::string::npos ? "?" : "&").append("ns=").append(*ns);
-    v = std::move(location);
-  }
-}
 
 // What /metrics counts of a push the upstream accepted.
 void count_push(ProxyContext& ctx, const UpstreamConfig& upstream, const Request& request, const Route& route,

@@ -44,12 +44,13 @@ def metric(proxy, name, **labels):
     return prom.total(prom.parse(resp.text), name, **labels)
 
 
-def skopeo_push(source_ref, dest_ref, dest_creds, timeout=180):
-    """`skopeo copy --all docker://SOURCE docker://DEST` over plain http."""
+def skopeo_push(source_ref, dest_ref, dest_creds, home, timeout=180):
+    """`skopeo copy --all docker://SOURCE docker://DEST` over plain http; `home` a private dir."""
     argv = [skopeo.SKOPEO, "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
             "--dest-tls-verify=false", "--dest-creds", dest_creds,
             f"docker://{source_ref}", f"docker://{dest_ref}"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "REGISTRY_AUTH_FILE": "/dev/null"}
+    # A private auth file, so credentials saved on this machine never leak in.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "REGISTRY_AUTH_FILE": str(home / "auth.json")}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -82,7 +83,7 @@ def test_skopeo_pushes_image_and_index_through_proxy(token_proxy, token_registry
     manifests_before = metric(token_proxy, "accel_proxy_push_manifests_total", upstream="main")
     for image, repo in ((pushed_images.oci, "pushed/oci-app"), (pushed_images.index, "pushed/multi")):
         done = skopeo_push(f"127.0.0.1:{open_registry.port}/{image.repo}:{image.tag}",
-                           f"127.0.0.1:{token_proxy.port}/{repo}:{image.tag}", ":".join(ALICE))
+                           f"127.0.0.1:{token_proxy.port}/{repo}:{image.tag}", ":".join(ALICE), tmp_path)
         assert done.returncode == 0, f"skopeo push through the proxy failed: {done.stderr}"
         registry_pull_checked(token_registry, f"{repo}:{image.tag}", image, tmp_path,
                               repo.replace("/", "_"))
