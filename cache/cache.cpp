@@ -571,6 +571,22 @@ void Cache::put_tag(const std::string& key, const std::string& digest, std::chro
   impl_->index.write([&](lmdb::Txn& txn) { txn.put(impl_->tags, key, value); });
 }
 
+void Cache::drop_tag(const std::string& key) {
+  if (key.empty() || key.size() > kMaxKeyBytes) return;
+  impl_->index.write([&](lmdb::Txn& txn) { txn.del(impl_->tags, key); });
+}
+
+void Cache::drop_tags_naming(const std::string& prefix, const std::string& digest) {
+  impl_->index.write([&](lmdb::Txn& txn) {
+    std::vector<std::string> keys;
+    txn.scan(impl_->tags, prefix, [&](std::string_view key, std::string_view value) {
+      if (decode_tag(value).digest == digest) keys.emplace_back(key);
+      return true;
+    });
+    for (const auto& key : keys) txn.del(impl_->tags, key);
+  });
+}
+
 std::optional<std::string> Cache::tag(const std::string& key) {
   if (key.empty() || key.size() > kMaxKeyBytes) return std::nullopt;
   auto is_live = [&](const TagEntry& entry) { return entry.expires_ms > impl_->now_ms(); };

@@ -139,6 +139,11 @@ class Cache {
   // --- tag resolution, with expiry
   void put_tag(const std::string& key, const std::string& digest, std::chrono::seconds ttl);
   std::optional<std::string> tag(const std::string& key);
+  // Forgets the resolution under `key` (a push replaced or deleted that tag).
+  void drop_tag(const std::string& key);
+  // Forgets every resolution under a key starting with `prefix` that names `digest` (a manifest
+  // deleted by digest takes the tags naming it with it).
+  void drop_tags_naming(const std::string& prefix, const std::string& digest);
 
   // --- failures, for backoff
   void put_failure(const std::string& key, const FailureRecord& record);

@@ -57,7 +57,7 @@ void parse_listen(const std::string& listen, Config& config) {
 UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   std::string where = "upstreams[" + std::to_string(index) + "]";
   check_keys(node, where, {"name", "url", "hosts", "ca_file", "insecure_skip_verify", "token_proxy",
-                           "max_idle_connections", "robot", "writeback"});
+                           "max_idle_connections", "robot", "writeback", "writes"});
   UpstreamConfig u;
   if (!node["url"]) fail(where + ": 'url' is required");
   u.url = scalar<std::string>(node["url"], where + ".url");
@@ -76,6 +76,12 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
     check_keys(writeback, where + ".writeback", {"enabled", "tag"});
     if (writeback["enabled"]) u.writeback.enabled = scalar<bool>(writeback["enabled"], where + ".writeback.enabled");
     if (writeback["tag"]) u.writeback.tag = scalar<bool>(writeback["tag"], where + ".writeback.tag");
+  }
+  if (node["writes"]) {
+    auto w = scalar<std::string>(node["writes"], where + ".writes");
+    if (w == "pass") u.writes = UpstreamConfig::Writes::pass;
+    else if (w == "refuse") u.writes = UpstreamConfig::Writes::refuse;
+    else fail(where + ".writes: expected pass or refuse, got '" + w + "'");
   }
   if (auto robot = node["robot"]) {
     check_keys(robot, where + ".robot", {"username", "password"});

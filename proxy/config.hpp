@@ -38,6 +38,9 @@ struct UpstreamConfig {
     bool enabled = false;
     bool tag = false;
   } writeback;
+  // Pushes (PUT/POST/PATCH/DELETE under /v2/) through the proxy: `pass` forwards them with their
+  // bodies streamed (a transparent front end), `refuse` answers 405 UNSUPPORTED (a pure mirror).
+  enum class Writes { pass, refuse } writes = Writes::pass;
 
   bool tls() const { return scheme == "https"; }
   // "host" or "host:port" when the port is not the scheme's default: the Host header to send.

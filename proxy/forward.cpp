@@ -425,6 +425,24 @@ net::awaitable<void> send_shared(ProxyContext& ctx, const UpstreamConfig& upstre
 
 // --- Route handlers ---------------------------------------------------------------------------
 
+// An upstream's `Location` (the next upload request, or where a blob or manifest now is) as the
+// client should follow it: through the proxy, and back to this upstream when `?ns=` chose it.
+// A Location on another host (storage the upstream hands uploads to) is left as it is.
+void point_location_at_proxy(ProxyContext& ctx, const Request& request, const Route& route, const Endpoint& endpoint,
+                             ResponseHead& head) {
+  for (auto& [k, v] : head.fields) {
+    if (!iequals(k, "Location")) continue;
+    auto resolved = resolve_url(v, endpoint);
+    if (!resolved || resolved->endpoint.key() != endpoint.key()) continue;
+    std::string location = proxy_base_url(request, ctx.config) + resolved->target;
+    if (auto ns = route.query_value("ns"); ns && !ns->empty() &&
+        ns->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_") == std::string::npos)
+      location.append(location.find('?') == std::string::npos ? "?" : "&").append("ns=").append(*ns);
+    v = std::move(location);
+  }
+}
+
+
 net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request, Route route,
                                       ClientConnection& client, ExchangeInfo& info) {
   const auto& upstream = ctx.config.upstream_for_ns(route.query_value("ns").value_or(""));
@@ -605,7 +623,74 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
   }
   if (landing) landing->land();  // nothing to share: waiting requests ask for themselves now
   if (status == 401) rewrite_challenge(ctx, upstream, request, head);
+  if (route.kind == RouteKind::blob_upload) point_location_at_proxy(ctx, request, route, endpoint, head);  // upload status
   co_await relay(*fetched.response, client, std::move(head));
+}
+
+// --- Pushes -----------------------------------------------------------------------------------
+
+// What /metrics counts of a push the upstream accepted.
+void count_push(ProxyContext& ctx, const UpstreamConfig& upstream, const Request& request, const Route& route,
+                unsigned status) {
+  if (status / 100 != 2) return;
+  const auto method = request.method();
+  if (route.kind == RouteKind::manifest && method == http::verb::put) {
+    ctx.metrics.add("accel_proxy_push_manifests_total", {{"upstream", upstream.name}});
+  } else if (route.kind == RouteKind::blob_upload && status == 201) {
+    // 201 closes an upload: the final PUT, a monolithic POST with `digest`, or a mount.
+    const bool mounted = method == http::verb::post && route.query_value("mount");
+    ctx.metrics.add("accel_proxy_push_blobs_total", {{"upstream", upstream.name}, {"how", mounted ? "mount" : "upload"}});
+  }
+}
+
+// Writes under /v2/ (blob uploads in every form, manifest PUT, DELETE): forwarded to the
+// upstream with the client's credentials, the body streamed through one buffer, the answer
+// relayed with Locations pointed back at the proxy. A successful manifest PUT or DELETE drops
+// the cached resolution of that tag first (no variant of a replaced image is served after the
+// client has its answer), and a PUT starts the conversions webhooks.rules ask for.
+net::awaitable<void> forward_write(ProxyContext& ctx, const Request& request, const Route& route, BodySource* body,
+                                   ClientConnection& client, ExchangeInfo& info) {
+  const auto& upstream = ctx.config.upstream_for_ns(route.query_value("ns").value_or(""));
+  info.upstream = upstream.name;
+  if (upstream.writes == UpstreamConfig::Writes::refuse) {
+    if (body && !body->done()) client.close_after();  // its body stays unread: the connection ends
+    co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy mirrors this registry read-only: push to the registry itself");
+    co_return;
+  }
+  const Endpoint endpoint = endpoint_of(upstream);
+  Request out = upstream_request(request, request.method(), upstream_path(route) + upstream_query(route), endpoint);
+  out.erase(http::field::expect);  // a client's 100-continue is answered by the proxy (ClientBody)
+  const auto started = Clock::now();
+  std::unique_ptr<UpstreamResponse> response;
+  if (body) {
+    try {
+      response = co_await ctx.upstreams.send_streaming(endpoint, out, *body, client.scratch(), info.request_bytes);
+    } catch (...) {
+      ctx.metrics.add("accel_proxy_push_bytes_total", {{"upstream", upstream.name}}, static_cast<double>(info.request_bytes));
+      throw;
+    }
+    ctx.metrics.add("accel_proxy_push_bytes_total", {{"upstream", upstream.name}}, static_cast<double>(info.request_bytes));
+    if (!body->done()) client.close_after();  // the upstream answered before taking it all
+  } else {
+    out.body() = request.body();
+    response = co_await ctx.upstreams.send(endpoint, out);
+  }
+  ctx.metrics.observe("accel_proxy_upstream_request_duration_seconds", {{"upstream", upstream.name}},
+                      std::chrono::duration<double>(Clock::now() - started).count());
+  const unsigned status = response->status();
+  ResponseHead head = head_from(*response);
+  point_location_at_proxy(ctx, request, route, endpoint, head);
+  if (status == 401) rewrite_challenge(ctx, upstream, request, head);
+  count_push(ctx, upstream, request, route, status);
+
+  const bool manifest_changed = route.kind == RouteKind::manifest && route.well_formed && status / 100 == 2 &&
+                                (request.method() == http::verb::put || request.method() == http::verb::delete_);
+  if (manifest_changed) forget_tag(ctx, upstream, route.repository, route.reference);
+  co_await relay(*response, client, std::move(head));
+  if (manifest_changed && request.method() == http::verb::put) {
+    std::string digest(response->headers()["Docker-Content-Digest"]);
+    convert_pushed(ctx, upstream, route.repository, digest.empty() ? route.reference : digest, route.reference);
+  }
 }
 
 // /auth/token/<upstream>: forwards the client's token request (GET with query, or OAuth2 POST)
@@ -667,7 +752,7 @@ net::awaitable<void> answer_readyz(ProxyContext& ctx, ClientConnection& client) 
 }  // namespace
 
 net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, ClientConnection& client,
-                                    ExchangeInfo& info) {
+                                    ExchangeInfo& info, BodySource* body) {
   Route route = parse_route(request.target());
   info.route = std::string(route_label(route.kind));
   info.repository = route.repository;
@@ -705,16 +790,9 @@ net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, C
       case RouteKind::conversions_api:
         co_await handle_conversions_api(ctx, request, client);
         co_return;
-      case RouteKind::blob_upload:
-        if (!read_method) {  // reading an upload's state (GET/HEAD) is forwarded like any read
-          co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
-          co_return;
-        }
-        co_await forward_registry(ctx, request, std::move(route), client, info);
-        co_return;
       default:
-        if (!read_method) {
-          co_await send_error(client, 405, "UNSUPPORTED", "accel-proxy is a pull-through mirror: push to the registry itself");
+        if (!read_method) {  // pushes: uploads, manifest PUT, DELETE (reading an upload's state is a read)
+          co_await forward_write(ctx, request, route, body, client, info);
           co_return;
         }
         co_await forward_registry(ctx, request, std::move(route), client, info);

@@ -113,12 +113,15 @@ struct ExchangeInfo {
   std::string repository;
   std::string upstream;
   bool coalesced = false;  // answered with the answer of an identical request in flight
+  uint64_t request_bytes = 0;  // a push's body bytes passed upstream
 };
 
 // Handles one request. Throws only after the answer's head was sent (the caller then closes
 // the connection so the client sees a broken transfer, never a short body taken as complete).
+// `body`: a push's body still on the connection, to be streamed upstream (null: the request's
+// body, if any, was read whole into `request`).
 net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, ClientConnection& client,
-                                    ExchangeInfo& info);
+                                    ExchangeInfo& info, BodySource* body = nullptr);
 
 // Answers with an OCI error body; for clients whose request could not even be parsed too.
 net::awaitable<void> send_error(ClientConnection& client, unsigned status, std::string_view code,

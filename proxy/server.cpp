@@ -16,10 +16,12 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <optional>
 #include <spdlog/spdlog.h>
 #include <thread>
 
 #include "proxy/forward.hpp"
+#include "proxy/http_headers.hpp"
 #include "proxy/listener_tls.hpp"
 
 namespace accel {
@@ -42,6 +44,10 @@ void describe_proxy_metrics(Metrics& m) {
   m.describe("accel_proxy_open_connections", T::gauge, "Client connections currently open.");
   m.describe("accel_proxy_coalesced_requests_total", T::counter,
              "Manifest requests answered with the answer of an identical request in flight, by upstream.");
+  m.describe("accel_proxy_push_bytes_total", T::counter, "Request body bytes of pushes passed upstream, by upstream.");
+  m.describe("accel_proxy_push_blobs_total", T::counter,
+             "Blob uploads the upstream completed through the proxy, by upstream and how (upload or mount).");
+  m.describe("accel_proxy_push_manifests_total", T::counter, "Manifest PUTs the upstream accepted through the proxy, by upstream.");
   m.describe("accel_proxy_tls_handshake_failures_total", T::counter,
              "Client connections whose TLS handshake failed or timed out (HTTPS listener).");
   m.describe("accel_proxy_tls_reloads_total", T::counter,
@@ -99,6 +105,108 @@ net::awaitable<void> reject(ClientStream& stream, Deadline& deadline, Duration t
   client.begin(false, false);
   co_await send_error(client, status, code, message);
 }
+
+
+// Reads a request header: what is buffered first (a request usually arrives whole in one read),
+// then more under the header timeout only when the parser needs it.
+net::awaitable<boost::system::error_code> read_header(ClientStream& stream, beast::flat_buffer& buffer,
+                                                      http::request_parser<http::empty_body>& parser,
+                                                      Deadline& deadline, Duration timeout) {
+  boost::system::error_code ec;
+  while (buffer.size() > 0 && !parser.is_header_done()) {
+    size_t used = parser.put(buffer.data(), ec);
+    buffer.consume(used);
+    if (ec || used == 0) break;
+  }
+  if (ec == http::error::need_more) ec = {};
+  if (!ec && !parser.is_header_done()) {
+    deadline.expires_after(timeout);
+    std::tie(ec, std::ignore) =
+        co_await std::visit([&](auto& s) { return http::async_read_header(s, buffer, parser, use_tuple); }, stream);
+  }
+  co_return ec;
+}
+
+// Reads the rest of a request whose body the handler gets whole, up to `max_body` bytes.
+net::awaitable<boost::system::error_code> read_whole(ClientStream& stream, beast::flat_buffer& buffer,
+                                                     http::request_parser<http::empty_body>&& header, Request& out,
+                                                     Deadline& deadline, Duration timeout, uint64_t max_body) {
+  if (auto length = header.content_length(); length && *length > max_body) co_return http::error::body_limit;
+  http::request_parser<http::string_body> parser(std::move(header));
+  parser.body_limit(max_body);  // a chunked body is checked chunk by chunk
+  parser.eager(true);
+  boost::system::error_code ec;
+  while (buffer.size() > 0 && !parser.is_done()) {
+    size_t used = parser.put(buffer.data(), ec);
+    buffer.consume(used);
+    if (ec || used == 0) break;
+  }
+  if (ec == http::error::need_more) ec = {};
+  if (!ec && !parser.is_done()) {
+    deadline.expires_after(timeout);
+    std::tie(ec, std::ignore) =
+        co_await std::visit([&](auto& s) { return http::async_read(s, buffer, parser, use_tuple); }, stream);
+  }
+  if (!ec) out = parser.release();
+  co_return ec;
+}
+
+// Pushes stream their bodies: uploads of any size pass through with bounded memory.
+bool streams_body(const http::request_header<>& header) {
+  const auto method = header.method();
+  if (method != http::verb::put && method != http::verb::post && method != http::verb::patch) return false;
+  return header.target().starts_with("/v2/");
+}
+
+// A push's body, read from the client's connection as the forwarder sends it upstream. A client
+// that announced `Expect: 100-continue` is told to go on when the body is first wanted. Each
+// read waits up to the idle timeout: a client that stops sending mid-body is dropped.
+class ClientBody final : public BodySource {
+ public:
+  ClientBody(ClientStream& stream, beast::flat_buffer& buffer, http::request_parser<http::empty_body>&& header,
+             Deadline& deadline, Duration timeout)
+      : stream_(stream), buffer_(buffer), parser_(std::move(header)), deadline_(deadline), timeout_(timeout) {
+    parser_.body_limit(boost::none);
+    expect_continue_ = iequals(parser_.get()[http::field::expect], "100-continue") && !parser_.is_done();
+  }
+
+  std::optional<uint64_t> size() const override {
+    if (parser_.chunked()) return std::nullopt;
+    return parser_.content_length().value_or(0);
+  }
+  bool done() const override { return parser_.is_done(); }
+
+  net::awaitable<size_t> read_some(net::mutable_buffer out) override {
+    if (parser_.is_done() || out.size() == 0) co_return 0;
+    if (expect_continue_) {
+      expect_continue_ = false;
+      deadline_.expires_after(timeout_);
+      static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
+      co_await std::visit([&](auto& s) { return net::async_write(s, net::buffer(go_on), net::use_awaitable); }, stream_);
+    }
+    auto& body = parser_.get().body();
+    while (true) {
+      body.data = out.data();
+      body.size = out.size();
+      body.more = true;
+      deadline_.expires_after(timeout_);
+      auto [ec, n] = co_await std::visit(
+          [&](auto& s) { return http::async_read_some(s, buffer_, parser_, use_tuple); }, stream_);
+      if (ec == http::error::need_buffer) ec = {};
+      const size_t got = out.size() - body.size;
+      if (parser_.is_done() || (!ec && got > 0)) co_return got;
+      if (ec) throw std::runtime_error("client request body ended early: " + ec.message());
+    }
+  }
+
+ private:
+  ClientStream& stream_;
+  beast::flat_buffer& buffer_;
+  http::request_parser<http::buffer_body> parser_;
+  Deadline& deadline_;
+  Duration timeout_;
+  bool expect_continue_ = false;
+};
 
 }  // namespace
 
@@ -167,23 +275,21 @@ net::awaitable<void> Server::Worker::session(tcp::socket accepted, std::shared_p
       if (ec || n == 0) break;
       buffer.commit(n);
     }
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(config.limits.max_header_bytes);
-    parser.body_limit(config.limits.max_body_bytes);
-    // A request usually arrives whole in one read: parse what is buffered first, and read more
-    // (under the header timeout) only when the parser needs it.
-    boost::system::error_code ec;
-    parser.eager(true);
-    while (buffer.size() > 0 && !parser.is_done()) {
-      size_t used = parser.put(buffer.data(), ec);
-      buffer.consume(used);
-      if (ec || used == 0) break;
-    }
-    if (ec == http::error::need_more) ec = {};
-    if (!ec && !parser.is_done()) {
-      deadline.expires_after(config.timeouts.header);
-      std::tie(ec, std::ignore) =
-          co_await std::visit([&](auto& s) { return http::async_read(s, buffer, parser, use_tuple); }, stream);
+    // The header first; then the body is either read whole (reads, webhooks, token requests:
+    // bounded by limits.max_body_bytes) or left on the connection for the handler to stream
+    // upstream (pushes: see ClientBody).
+    http::request_parser<http::empty_body> header_parser;
+    header_parser.header_limit(config.limits.max_header_bytes);
+    header_parser.body_limit(boost::none);  // checked below, once the kind of request is known
+    auto ec = co_await read_header(stream, buffer, header_parser, deadline, config.timeouts.header);
+    Request request;
+    std::optional<ClientBody> streamed;
+    if (!ec && streams_body(header_parser.get())) {
+      request = Request(header_parser.get().base());
+      streamed.emplace(stream, buffer, std::move(header_parser), deadline, config.timeouts.idle);
+    } else if (!ec) {
+      ec = co_await read_whole(stream, buffer, std::move(header_parser), request, deadline, config.timeouts.header,
+                               config.limits.max_body_bytes);
     }
     if (ec == http::error::header_limit) {
       co_await reject(stream, deadline, config.timeouts.idle, 431, "SIZE_INVALID", "request header fields too large");
@@ -203,12 +309,11 @@ net::awaitable<void> Server::Worker::session(tcp::socket accepted, std::shared_p
       break;
     }
 
-    const auto& request = parser.get();
     const auto started = Clock::now();
     client.begin(request.method() == http::verb::head, request.keep_alive() && !draining, request.version() == 10);
     ExchangeInfo info;
     try {
-      co_await handle_request(context, request, client, info);
+      co_await handle_request(context, request, client, info, streamed ? &*streamed : nullptr);
     } catch (const std::exception& e) {
       // The answer's head is out: closing is the only honest way to say the body is incomplete.
       spdlog::warn("transfer aborted route={} repo={} upstream={} error=\"{}\"", info.route, info.repository,
@@ -221,11 +326,15 @@ net::awaitable<void> Server::Worker::session(tcp::socket accepted, std::shared_p
                 {{"route", info.route}, {"method", method_label(request.method())}, {"code", code}});
     metrics.add("accel_proxy_http_response_bytes_total", {{"route", info.route}}, static_cast<double>(client.body_bytes()));
     // Never log headers or query strings: they can carry credentials and tokens.
-    spdlog::info("request method={} route={} repo={} status={} bytes={} duration_ms={:.2f} upstream={}{}{}",
+    spdlog::info("request method={} route={} repo={} status={} bytes={}{} duration_ms={:.2f} upstream={}{}{}",
                  method_label(request.method()), info.route, info.repository.empty() ? "-" : info.repository,
-                 client.status(), client.body_bytes(), ms, info.upstream.empty() ? "-" : info.upstream,
-                 info.coalesced ? " coalesced=true" : "", broken ? " aborted=true" : "");
-    if (broken || !client.keep_alive()) break;
+                 client.status(), client.body_bytes(),
+                 info.request_bytes ? fmt::format(" received={}", info.request_bytes) : std::string(), ms,
+                 info.upstream.empty() ? "-" : info.upstream, info.coalesced ? " coalesced=true" : "",
+                 broken ? " aborted=true" : "");
+    // A body the handler did not read to its end is still on the connection: it cannot carry
+    // another request.
+    if (broken || !client.keep_alive() || (streamed && !streamed->done())) break;
   }
   if (auto* secure = std::get_if<ClientTls>(&stream); secure && usable && !broken) {
     // close_notify tells the client our close is an end, not a cut. Bounded: it need not answer.

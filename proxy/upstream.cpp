@@ -13,7 +13,9 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <boost/url/parse.hpp>
+#include <array>
 #include <charconv>
+#include <cstdio>
 #include <chrono>
 #include <cstring>
 #include <variant>
@@ -431,6 +433,71 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send(const End
     if (failure == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
     throw UpstreamError("upstream " + endpoint.key() + ": " + failure.message());
   }
+}
+
+namespace {
+
+// Writes all of `buffers` to the connection under its read timeout (an upstream that stops
+// taking a body is as stuck as one that stops sending one).
+template <class Buffers>
+net::awaitable<error_code> write_all(UpstreamConnection& c, const Buffers& buffers) {
+  c.arm_timer();
+  auto [ec, n] = co_await std::visit([&](auto& s) { return net::async_write(s, buffers, use_tuple); }, c.stream);
+  if (!ec && n != net::buffer_size(buffers)) ec = net::error::broken_pipe;  // a short write is a failure
+  co_return c.why(ec);
+}
+
+}  // namespace
+
+net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send_streaming(
+    const Endpoint& endpoint, const http::request<http::string_body>& request, BodySource& body,
+    net::mutable_buffer scratch, uint64_t& sent) {
+  const auto length = body.size();
+  std::string head;
+  head.append(request.method_string()).append(" ").append(request.target()).append(" HTTP/1.1\r\n");
+  for (const auto& f : request) head.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+  // The body's framing is ours to choose: the client's length when it gave one, else chunked.
+  if (length) head.append("Content-Length: ").append(std::to_string(*length)).append("\r\n");
+  else head.append("Transfer-Encoding: chunked\r\n");
+  head.append("\r\n");
+
+  std::unique_ptr<UpstreamConnection> c = co_await connect(endpoint);
+  error_code failure = co_await write_all(*c, net::buffer(head));
+  // Pump: one client read, one upstream write, through `scratch`. An upstream that has answered
+  // already (it refused the request without reading the body) gets no more: its answer is read.
+  auto answered = [&c] {
+    error_code ignored;
+    return c->lowest().available(ignored) > 0;
+  };
+  while (!failure && !answered()) {
+    const size_t n = co_await body.read_some(scratch);
+    if (n == 0) break;
+    const net::const_buffer piece(scratch.data(), n);
+    if (length) {
+      failure = co_await write_all(*c, piece);
+    } else {
+      char size_line[24];
+      const int k = std::snprintf(size_line, sizeof size_line, "%zx\r\n", n);
+      const std::array<net::const_buffer, 3> parts{net::buffer(size_line, k), piece, net::buffer("\r\n", 2)};
+      failure = co_await write_all(*c, parts);
+    }
+    if (!failure) sent += n;
+  }
+  if (!failure && !length && body.done()) failure = co_await write_all(*c, net::buffer("0\r\n\r\n", 5));
+
+  // The answer: after the whole body, or the early one that stopped the pump (also after a
+  // failed write: an upstream that refused the body may have answered before closing).
+  auto response = std::make_unique<UpstreamResponse>(*this, std::move(c), request.method() == http::verb::head);
+  try {
+    co_await response->read_header();
+  } catch (const boost::system::system_error& e) {
+    const error_code ec = failure ? failure : e.code();
+    if (ec == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
+    throw UpstreamError("upstream " + endpoint.key() + ": " + ec.message());
+  }
+  // A connection whose request body was cut short cannot carry another request.
+  if (failure || !body.done()) response->connection_->keep_alive = false;
+  co_return response;
 }
 
 }  // namespace accel

@@ -63,6 +63,20 @@ net::awaitable<bool> wait_ready(net::ip::tcp::socket& socket, net::ip::tcp::sock
 class UpstreamConnection;
 class UpstreamClient;
 
+// A request body that is streamed upstream rather than held: a client's push (the session reads
+// it piece by piece from the client's connection, see server.cpp).
+class BodySource {
+ public:
+  virtual ~BodySource() = default;
+  // The declared length; unset when the client sends it chunked (it goes upstream chunked too).
+  virtual std::optional<uint64_t> size() const = 0;
+  // The next piece of the body into `buffer`; 0 means the body is complete. Throws when the
+  // client fails or stalls mid-body.
+  virtual net::awaitable<size_t> read_some(net::mutable_buffer buffer) = 0;
+  // The whole body has been read.
+  virtual bool done() const = 0;
+};
+
 // The upstream's answer: header read, body not yet. Destroying it before the body is fully
 // read closes the connection; reading it to the end returns the connection to its pool.
 class UpstreamResponse {
@@ -115,6 +129,16 @@ class UpstreamClient {
   // pooled keep-alive connection turns out to be closed (GET and HEAD only).
   net::awaitable<std::unique_ptr<UpstreamResponse>> send(const Endpoint& endpoint,
                                                           http::request<http::string_body>& request);
+
+  // Sends `request`'s header, then `body` piece by piece through `scratch` (bounded memory),
+  // and reads the response header. Always on a fresh connection: a pooled one the server closed
+  // while idle could only be found out after the body was consumed, too late to retry. An
+  // upstream that answers before taking the whole body (e.g. 401) is answered with: the caller
+  // sees body.done() false. Counts the body bytes sent in `sent`.
+  net::awaitable<std::unique_ptr<UpstreamResponse>> send_streaming(const Endpoint& endpoint,
+                                                                    const http::request<http::string_body>& request,
+                                                                    BodySource& body, net::mutable_buffer scratch,
+                                                                    uint64_t& sent);
 
   struct Fetched {
     std::unique_ptr<UpstreamResponse> response;

@@ -366,8 +366,7 @@ const char* not_a_source(ProxyContext& ctx, const UpstreamConfig& upstream, cons
 
 // Starts what the rules ask for each pushed image; returns the JSON answer. (A plain function:
 // GCC 12 miscompiles some brace-initialised JSON inside coroutines.)
-std::string start_pushed_conversions(ProxyContext& ctx, const std::vector<PushEvent>& events) {
-  const auto& upstream = *ctx.config.find_upstream(ctx.config.webhooks.upstream);
+std::string start_pushed_conversions(ProxyContext& ctx, const UpstreamConfig& upstream, const std::vector<PushEvent>& events) {
   nlohmann::json accepted = nlohmann::json::array();
   for (const auto& event : events) {
     if (!is_valid_repository(event.repository) || !is_valid_digest(event.digest)) continue;
@@ -417,6 +416,26 @@ std::string conversions_listing(ProxyContext& ctx) {
 
 }  // namespace
 
+void forget_tag(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
+                const std::string& reference) {
+  if (!ctx.variants) return;
+  // Resolutions are keyed "<upstream>/<repository>:<tag>" (handle_variant_request).
+  const std::string scope = upstream.name + "/" + repository + ":";
+  if (looks_like_digest(reference)) ctx.variants->cache().drop_tags_naming(scope, reference);
+  else ctx.variants->cache().drop_tag(scope + reference);
+}
+
+void convert_pushed(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
+                    const std::string& digest, const std::string& reference) {
+  if (!ctx.variants || ctx.config.webhooks.rules.empty()) return;
+  PushEvent event;
+  event.repository = repository;
+  event.digest = digest;
+  event.tag = reference;
+  std::string answer = start_pushed_conversions(ctx, upstream, {event});
+  spdlog::info("push repo={} digest={} conversions={}", repository, digest, answer);
+}
+
 std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string& upstream, const std::string& repository,
                                            const std::string& source_digest) {
   std::vector<std::string> out;
@@ -465,7 +484,7 @@ net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, c
     co_await send_error(client, 400, "UNSUPPORTED", "malformed webhook payload: " + malformed);
     co_return;
   }
-  std::string answer = start_pushed_conversions(ctx, events);
+  std::string answer = start_pushed_conversions(ctx, *ctx.config.find_upstream(ctx.config.webhooks.upstream), events);
   ResponseHead head;
   head.status = 202;
   co_await send_local(client, 202, "application/json", answer, head);

@@ -38,6 +38,17 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
 std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string& upstream, const std::string& repository,
                                            const std::string& source_digest);
 
+// A manifest PUT or DELETE through the proxy succeeded: the cached resolution of that tag (or,
+// for a digest, of every tag naming it) is forgotten on this replica, so the next variant
+// request resolves it upstream again.
+void forget_tag(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
+                const std::string& reference);
+
+// A manifest PUT through the proxy succeeded: starts the conversions webhooks.rules ask for
+// the pushed image, with the upstream's robot account, as a push webhook would.
+void convert_pushed(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
+                    const std::string& digest, const std::string& reference);
+
 // POST /hooks/harbor and /hooks/registry: start the conversions the webhook rules ask for.
 net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client);
 

@@ -13,7 +13,7 @@ import prom
 import rawhttp
 from checks import assert_healthy, assert_oci_error, error_codes
 from dying_upstream import DyingUpstream, SMALL_DIGEST
-from proxy import upstream
+from proxy import running_proxy, upstream
 
 NAME_ERRORS = {"NAME_INVALID", "NAME_UNKNOWN"}
 
@@ -100,8 +100,17 @@ def scratch_image(open_registry):
 WRITES = ["PUT-manifest", "POST-upload", "PATCH-upload", "DELETE-manifest", "DELETE-blob"]
 
 
+@pytest.fixture(scope="module")
+def read_only_proxy(tmp_path_factory, open_registry):
+    """A pure mirror: its upstream is configured `writes: refuse` (the default is `pass`)."""
+    with running_proxy(tmp_path_factory.mktemp("proxy-read-only"),
+                       [upstream("main", open_registry.url, writes="refuse")]) as p:
+        yield p
+
+
 @pytest.mark.parametrize("write", WRITES)
-def test_write_methods_refused(proxy, open_registry, scratch_image, write):
+def test_write_methods_refused(read_only_proxy, open_registry, scratch_image, write):
+    proxy = read_only_proxy
     img = scratch_image
     layer = json.loads(img.manifest)["layers"][0]["digest"]
     method, path, body = {

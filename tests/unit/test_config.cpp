@@ -125,6 +125,20 @@ TEST_CASE("an upstream's writeback section") {
                     Catch::Contains("writeback.enabled"));
 }
 
+TEST_CASE("an upstream's writes: pass by default, refuse on request") {
+  auto c = parse_config_yaml(
+      "upstreams:\n"
+      "  - {name: mirror, url: 'http://a', writes: refuse}\n"
+      "  - {name: front, url: 'http://b', writes: pass}\n"
+      "  - {name: plain, url: 'http://c'}\n");
+  finalize_config(c);
+  CHECK(c.find_upstream("mirror")->writes == UpstreamConfig::Writes::refuse);
+  CHECK(c.find_upstream("front")->writes == UpstreamConfig::Writes::pass);
+  CHECK(c.find_upstream("plain")->writes == UpstreamConfig::Writes::pass);
+  CHECK_THROWS_WITH(parse_config_yaml("upstreams: [{url: 'http://x', writes: readonly}]\n"),
+                    Catch::Contains("upstreams[0].writes: expected pass or refuse"));
+}
+
 TEST_CASE("mistakes in the config are reported clearly") {
   auto fails = [](std::string yaml, std::string fragment) {
     INFO(yaml);
