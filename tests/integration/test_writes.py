@@ -10,7 +10,7 @@
    Each Location comes back pointing at the proxy.
 3. A client the upstream refuses (pull-only user) gets the upstream's 401/403, and no tag or
    blob is left behind.
-4. A 256 MiB blob in one PUT, and a 64 MiB PATCH sent chunked: the proxy's peak RSS stays under
+4. A 1 GiB blob in one PUT, and a 64 MiB PATCH sent chunked: the proxy's peak RSS stays under
    100 MB, and the registry holds the bytes intact.
 5. A tag re-pushed through the proxy: its next -estargz variant is the new image's, at once
    (the tag resolution is cached for an hour here).
@@ -52,6 +52,11 @@ def skopeo_push(source_ref, dest_ref, dest_creds, home, timeout=180):
     # A private auth file, so credentials saved on this machine never leak in.
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "REGISTRY_AUTH_FILE": str(home / "auth.json")}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def sanitized(proxy):
+    """Whether the proxy runs with AddressSanitizer (GCC links its runtime as libasan)."""
+    return "libasan" in open(f"/proc/{proxy.service.pid}/maps").read()
 
 
 def peak_rss_kib(proxy):
@@ -233,7 +238,7 @@ def test_large_pushes_stream_with_bounded_memory(tmp_path_factory, open_registry
         s = requests.Session()
         base = f"{proxy.url}/v2/bigpush/blob/blobs/uploads/"
 
-        big = SizedBody("big-push", 256 * 1024 * 1024)
+        big = SizedBody("big-push", 1024 * 1024 * 1024)  # the issue's 1 GiB layer
         digest = big.digest()
         start = s.post(base, timeout=30)
         assert start.status_code == 202
@@ -253,9 +258,12 @@ def test_large_pushes_stream_with_bounded_memory(tmp_path_factory, open_registry
         assert done.status_code == 201, (done.status_code, done.text)
 
         after = peak_rss_kib(proxy)
-        assert after < 100 * 1024, f"peak RSS {after} KiB after pushing 320 MiB (before: {before} KiB)"
+        assert after - before < 64 * 1024, f"peak RSS grew {after - before} KiB pushing 1088 MiB"
+        # AddressSanitizer's shadow memory alone is larger than the bound: there only the growth counts.
+        if not sanitized(proxy):
+            assert after < 100 * 1024, f"peak RSS {after} KiB after pushing 1088 MiB (before: {before} KiB)"
         # The registry holds the bytes: it checked each digest; its stored sizes agree.
-        for d, size in ((digest, 256 * 1024 * 1024), (chunked_digest, 64 * 1024 * 1024)):
+        for d, size in ((digest, 1024 * 1024 * 1024), (chunked_digest, 64 * 1024 * 1024)):
             head = requests.head(f"{open_registry.url}/v2/bigpush/blob/blobs/{d}", timeout=30)
             assert head.status_code == 200 and int(head.headers["Content-Length"]) == size
         assert metric(proxy, "accel_proxy_push_bytes_total", upstream="main") >= 320 * 1024 * 1024
