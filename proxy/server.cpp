@@ -107,18 +107,26 @@ net::awaitable<void> reject(ClientStream& stream, Deadline& deadline, Duration t
 }
 
 
-// Reads a request header: what is buffered first (a request usually arrives whole in one read),
-// then more under the header timeout only when the parser needs it.
-net::awaitable<boost::system::error_code> read_header(ClientStream& stream, beast::flat_buffer& buffer,
-                                                      http::request_parser<http::empty_body>& parser,
-                                                      Deadline& deadline, Duration timeout) {
+// Hands the parser what the connection has buffered already, until `done()` or it needs more
+// (not an error: the caller reads on).
+template <class Parser, class Done>
+boost::system::error_code feed_buffered(Parser& parser, beast::flat_buffer& buffer, Done done) {
   boost::system::error_code ec;
-  while (buffer.size() > 0 && !parser.is_header_done()) {
+  while (buffer.size() > 0 && !done()) {
     size_t used = parser.put(buffer.data(), ec);
     buffer.consume(used);
     if (ec || used == 0) break;
   }
   if (ec == http::error::need_more) ec = {};
+  return ec;
+}
+
+// Reads a request header: what is buffered first (a request usually arrives whole in one read),
+// then more under the header timeout only when the parser needs it.
+net::awaitable<boost::system::error_code> read_header(ClientStream& stream, beast::flat_buffer& buffer,
+                                                      http::request_parser<http::empty_body>& parser,
+                                                      Deadline& deadline, Duration timeout) {
+  boost::system::error_code ec = feed_buffered(parser, buffer, [&] { return parser.is_header_done(); });
   if (!ec && !parser.is_header_done()) {
     deadline.expires_after(timeout);
     std::tie(ec, std::ignore) =
@@ -135,13 +143,7 @@ net::awaitable<boost::system::error_code> read_whole(ClientStream& stream, beast
   http::request_parser<http::string_body> parser(std::move(header));
   parser.body_limit(max_body);  // a chunked body is checked chunk by chunk
   parser.eager(true);
-  boost::system::error_code ec;
-  while (buffer.size() > 0 && !parser.is_done()) {
-    size_t used = parser.put(buffer.data(), ec);
-    buffer.consume(used);
-    if (ec || used == 0) break;
-  }
-  if (ec == http::error::need_more) ec = {};
+  boost::system::error_code ec = feed_buffered(parser, buffer, [&] { return parser.is_done(); });
   if (!ec && !parser.is_done()) {
     deadline.expires_after(timeout);
     std::tie(ec, std::ignore) =

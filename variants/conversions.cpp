@@ -330,6 +330,16 @@ std::string Conversions::suffix_tag(const ConversionKey& key, const std::string&
   return is_valid_tag(tag) ? tag : std::string();
 }
 
+void Conversions::put_child_variant(const ConversionKey& key, const std::string& child_source,
+                                    const convert::Descriptor& child, cache::VariantRecord record) {
+  ConversionKey child_key = key;
+  child_key.source_digest = child_source;
+  record.digest = child.digest;
+  record.media_type = child.media_type;
+  record.size = child.size;
+  cache_.put_manifest_variant(cache_key(child_key), record);
+}
+
 cache::VariantRecord Conversions::import(const ConversionKey& key, const UpstreamVariant& variant) {
   const std::string proof = source_proof("manifest", key.source_digest);
   auto store = [&](const convert::ManifestBytes& manifest) {
@@ -350,14 +360,10 @@ cache::VariantRecord Conversions::import(const ConversionKey& key, const Upstrea
   for (const auto& child : variant.children) store(child.manifest);
   cache_.put_manifest_variant(cache_key(key), record);
   for (const auto& child : variant.children) {
-    ConversionKey child_key = key;
-    child_key.source_digest = child.source_digest;
     cache::VariantRecord child_record = record;
-    child_record.digest = child.manifest.digest;
-    child_record.media_type = child.manifest.media_type;
-    child_record.size = child.manifest.bytes.size();
-    child_record.blobs = {variant.top.digest, child.manifest.digest};
-    cache_.put_manifest_variant(cache_key(child_key), child_record);
+    child_record.blobs.push_back(child.manifest.digest);
+    put_child_variant(key, child.source_digest, {child.manifest.media_type, child.manifest.digest, child.manifest.bytes.size()},
+                      child_record);
   }
   return record;
 }
@@ -403,16 +409,8 @@ cache::VariantRecord Conversions::convert(ConversionJob& job, const convert::Lay
   // The platform manifests of an index are variants of their own sources too, so the
   // Referrers API of a source platform manifest lists its converted one (nydus-snapshotter
   // asks by the platform manifest's digest). They need the image's blobs as the index does.
-  for (const auto& m : result.manifests) {
-    if (m.source_digest == key.source_digest) continue;
-    ConversionKey child = key;
-    child.source_digest = m.source_digest;
-    cache::VariantRecord child_record = record;
-    child_record.digest = m.result.digest;
-    child_record.media_type = m.result.media_type;
-    child_record.size = m.result.size;
-    cache_.put_manifest_variant(this->cache_key(child), child_record);
-  }
+  for (const auto& m : result.manifests)
+    if (m.source_digest != key.source_digest) put_child_variant(key, m.source_digest, m.result, record);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "done"}});
   metrics_.observe("accel_proxy_conversion_duration_seconds", {{"format", key.format}}, seconds);
@@ -505,12 +503,7 @@ Lease Conversions::coordinate(const ConversionJob& job) {
 void Conversions::write_back(const ConversionJob& job, const cache::VariantRecord& record) {
   const auto& key = job.key();
   const auto& upstream = *config_.find_upstream(key.upstream);
-  RegistryAccess access;
-  access.upstream = upstream;
-  access.repository = key.repository;
-  access.credentials = {upstream.robot_username, upstream.robot_password};
-  access.push = true;
-  RegistryStore store(std::move(access));
+  RegistryStore store(robot_access(upstream, key.repository, /*push=*/true));
 
   WriteBackRequest request;
   request.source_digest = key.source_digest;
@@ -563,11 +556,7 @@ void Conversions::write_back(const ConversionJob& job, const cache::VariantRecor
       *result.source_now != key.source_digest) {
     ConversionKey next = key;
     next.source_digest = *result.source_now;
-    RegistryAccess robot;
-    robot.upstream = upstream;
-    robot.repository = key.repository;
-    robot.credentials = {upstream.robot_username, upstream.robot_password};
-    start(next, std::move(robot), job.source_tag_);
+    start(next, robot_access(upstream, key.repository), job.source_tag_);
   }
 }
 

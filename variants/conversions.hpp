@@ -106,6 +106,10 @@ class Conversions {
   // another replica's when one holds it (an empty lease: converted elsewhere, so the upstream
   // has it; or Redis is unreachable and this replica works alone).
   Lease coordinate(const ConversionJob& job);
+  // Records a converted platform manifest as the variant of its own source manifest too (the
+  // Referrers API of a platform manifest lists it); `record` is the image's, blobs included.
+  void put_child_variant(const ConversionKey& key, const std::string& child_source, const convert::Descriptor& child,
+                         cache::VariantRecord record);
   // Pushes the variant to its upstream (write-back), and tags it when configured.
   void write_back(const ConversionJob& job, const cache::VariantRecord& record);
   // source tag + the format's suffix, when that is a valid tag; else "".

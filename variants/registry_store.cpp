@@ -42,6 +42,15 @@ DockerReference parse_docker_reference(std::string_view text) {
   return r;
 }
 
+RegistryAccess robot_access(const UpstreamConfig& upstream, const std::string& repository, bool push) {
+  RegistryAccess access;
+  access.upstream = upstream;
+  access.repository = repository;
+  access.credentials = {upstream.robot_username, upstream.robot_password};
+  access.push = push;
+  return access;
+}
+
 namespace {
 
 constexpr size_t kUploadPiece = 16 << 20;
@@ -139,6 +148,24 @@ struct RegistryStore::Impl {
     co_return answer;
   }
 
+  // GET a manifest; a 404 is nullopt when `missing_ok`, every other failure throws.
+  net::awaitable<std::optional<convert::ManifestBytes>> manifest(const std::string& reference, bool missing_ok) {
+    Request r = request(http::verb::get, "/v2/" + location.repository + "/manifests/" + reference);
+    r.set(http::field::accept, kManifestAccept);
+    auto answer = co_await exchange(std::move(r));
+    std::string body = co_await answer.response->read_all(4 << 20);
+    if (missing_ok && answer.response->status() == 404) co_return std::nullopt;
+    if (answer.response->status() != 200)
+      throw ConvertError("manifest " + location.repository + ":" + reference + ": " + describe(*answer.response, body));
+    convert::ManifestBytes out;
+    out.bytes = std::move(body);
+    out.media_type = std::string(answer.response->headers()[http::field::content_type]);
+    if (auto semi = out.media_type.find(';'); semi != std::string::npos) out.media_type.resize(semi);
+    std::string header_digest(answer.response->headers()["Docker-Content-Digest"]);
+    out.digest = is_valid_digest(reference) ? reference : !header_digest.empty() ? header_digest : convert::Sha256::of(out.bytes);
+    co_return out;
+  }
+
   static std::string describe(const UpstreamResponse& response, const std::string& body) {
     return "HTTP " + std::to_string(response.status()) + (body.empty() ? "" : ": " + body.substr(0, 300));
   }
@@ -186,21 +213,7 @@ RegistryStore::~RegistryStore() = default;
 
 convert::ManifestBytes RegistryStore::get_manifest(const std::string& reference) {
   auto& m = *impl_;
-  return m.run([&]() -> net::awaitable<convert::ManifestBytes> {
-    Request r = m.request(http::verb::get, "/v2/" + m.location.repository + "/manifests/" + reference);
-    r.set(http::field::accept, kManifestAccept);
-    auto answer = co_await m.exchange(std::move(r));
-    std::string body = co_await answer.response->read_all(4 << 20);
-    if (answer.response->status() != 200)
-      throw ConvertError("manifest " + m.location.repository + ":" + reference + ": " + Impl::describe(*answer.response, body));
-    convert::ManifestBytes out;
-    out.bytes = std::move(body);
-    out.media_type = std::string(answer.response->headers()[http::field::content_type]);
-    if (auto semi = out.media_type.find(';'); semi != std::string::npos) out.media_type.resize(semi);
-    std::string header_digest(answer.response->headers()["Docker-Content-Digest"]);
-    out.digest = is_valid_digest(reference) ? reference : !header_digest.empty() ? header_digest : convert::Sha256::of(out.bytes);
-    co_return out;
-  });
+  return *m.run([&]() -> net::awaitable<std::optional<convert::ManifestBytes>> { co_return co_await m.manifest(reference, false); });
 }
 
 std::unique_ptr<convert::ByteSource> RegistryStore::open_blob(const convert::Descriptor& blob) {
@@ -323,14 +336,7 @@ std::optional<std::string> RegistryStore::resolve(const std::string& reference) 
 
 std::optional<convert::ManifestBytes> RegistryStore::find_manifest(const std::string& reference) {
   auto& m = *impl_;
-  auto missing = m.run([&]() -> net::awaitable<bool> {
-    Request r = m.request(http::verb::head, "/v2/" + m.location.repository + "/manifests/" + reference);
-    r.set(http::field::accept, kManifestAccept);
-    auto answer = co_await m.exchange(std::move(r));
-    co_return answer.response->status() == 404;
-  });
-  if (missing) return std::nullopt;
-  return get_manifest(reference);
+  return m.run([&]() -> net::awaitable<std::optional<convert::ManifestBytes>> { co_return co_await m.manifest(reference, true); });
 }
 
 std::optional<std::string> RegistryStore::referrers(const std::string& digest) {

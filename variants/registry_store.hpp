@@ -33,6 +33,10 @@ struct RegistryAccess {
   bool push = false;          // ask for push rights when a token is needed
 };
 
+// Access to `repository` with the upstream's robot account (write-back, conversions no client
+// asked for); `push` asks for push rights too.
+RegistryAccess robot_access(const UpstreamConfig& upstream, const std::string& repository, bool push = false);
+
 class RegistryStore : public convert::ImageSource, public convert::ImageTarget {
  public:
   explicit RegistryStore(RegistryAccess access);

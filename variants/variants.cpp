@@ -385,11 +385,7 @@ std::string start_pushed_conversions(ProxyContext& ctx, const UpstreamConfig& up
       auto& conversions = ctx.variants->conversions();
       std::string state = "cached";
       if (!ctx.variants->cache().manifest_variant(conversions.cache_key(key))) {
-        RegistryAccess access;
-        access.upstream = upstream;
-        access.repository = event.repository;
-        access.credentials = {upstream.robot_username, upstream.robot_password};
-        auto job = conversions.start(key, std::move(access), event.tag == event.digest ? "" : event.tag);
+        auto job = conversions.start(key, robot_access(upstream, event.repository), event.tag == event.digest ? "" : event.tag);
         if (!job) state = std::string("rejected: queue full");
         else if (job->state() == ConversionJob::State::failed) state = "failed: " + job->error();
         else state = std::string("queued");
