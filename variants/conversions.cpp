@@ -500,6 +500,37 @@ Lease Conversions::coordinate(const ConversionJob& job) {
   }
 }
 
+std::shared_ptr<void> Conversions::lock_upstream_tag(const std::string& upstream, const std::string& repository,
+                                                     const std::string& tag) {
+  const std::string name = upstream + "/" + repository + ":" + tag;
+  struct Guard {
+    std::unique_lock<std::mutex> local;
+    Lease replicas;  // released first (members go in reverse order)
+  };
+  auto guard = std::make_shared<Guard>();
+  guard->local = std::unique_lock(tag_locks_[std::hash<std::string>{}(name) % tag_locks_.size()]);
+  if (!coordinator_) return guard;
+  using Outcome = AcquireResult::Outcome;
+  const std::string key = "tag-lock:" + name;
+  const auto deadline = std::chrono::steady_clock::now() + config_.variants.wait_limit;
+  while (true) {
+    auto got = coordinator_->try_acquire(key);
+    if (got.outcome == Outcome::acquired) {
+      guard->replicas = std::move(got.lease);
+      return guard;
+    }
+    // Redis unreachable (or a stray result under the key): this process's lock is all there is,
+    // and the writer's read-back still catches what it can.
+    if (got.outcome != Outcome::held_elsewhere) return guard;
+    const auto left = std::chrono::duration_cast<Duration>(deadline - std::chrono::steady_clock::now());
+    if (left <= Duration::zero()) {
+      spdlog::warn("write-back: tag {} of {} still held by another replica; writing without its lock", tag, repository);
+      return guard;
+    }
+    coordinator_->wait(key, left);  // the holder releases without announcing: try again
+  }
+}
+
 void Conversions::write_back(const ConversionJob& job, const cache::VariantRecord& record) {
   const auto& key = job.key();
   const auto& upstream = *config_.find_upstream(key.upstream);
@@ -538,6 +569,8 @@ void Conversions::write_back(const ConversionJob& job, const cache::VariantRecor
       if (scope != own_scope && scope.starts_with(upstream_prefix)) repositories.push_back(scope.substr(upstream_prefix.size()));
     return repositories;
   };
+
+  request.lock_fallback_tag = [&](const std::string& tag) { return lock_upstream_tag(key.upstream, key.repository, tag); };
 
   auto result = accel::write_back(store, request);
   const char* tag_outcome = result.tag == TagOutcome::tagged         ? "tagged"

@@ -4,6 +4,8 @@
 // backoff. Results land in the variant cache; the HTTP side only ever reads them from there.
 #pragma once
 
+#include <array>
+
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -110,6 +112,10 @@ class Conversions {
   // Referrers API of a platform manifest lists it); `record` is the image's, blobs included.
   void put_child_variant(const ConversionKey& key, const std::string& child_source, const convert::Descriptor& child,
                          cache::VariantRecord record);
+  // Exclusive use of one tag of an upstream repository while write-back rewrites it (the
+  // fallback referrers index): one conversion thread of this process at a time, and with Redis
+  // one replica at a time. The guard releases both.
+  std::shared_ptr<void> lock_upstream_tag(const std::string& upstream, const std::string& repository, const std::string& tag);
   // Pushes the variant to its upstream (write-back), and tags it when configured.
   void write_back(const ConversionJob& job, const cache::VariantRecord& record);
   // source tag + the format's suffix, when that is a valid tag; else "".
@@ -134,6 +140,9 @@ class Conversions {
   bool stopping_ = false;
   int running_ = 0;  // jobs a worker is converting
   std::vector<std::thread> threads_;
+
+  // Upstream tags being rewritten by write-back, striped by name (lock_upstream_tag).
+  std::array<std::mutex, 16> tag_locks_;
 
   // Per-layer single flight.
   std::mutex layer_locks_mutex_;

@@ -25,6 +25,8 @@ constexpr std::string_view kPrefix = "accel-proxy:";
 std::string lease_key(const std::string& key) { return std::string(kPrefix) + "lease:" + key; }
 std::string done_key(const std::string& key) { return std::string(kPrefix) + "done:" + key; }
 std::string done_channel(const std::string& key) { return std::string(kPrefix) + "done:" + key; }
+// Released without a result: waiters look again at once instead of at their next lease check.
+std::string released_channel(const std::string& key) { return std::string(kPrefix) + "released:" + key; }
 
 // Each script runs atomically in Redis. KEYS[1] is the lease, KEYS[2] the done key.
 // try_acquire: the result if there is one, else the lease if free (or already ours: a retried
@@ -39,8 +41,13 @@ return {'held'})";
 constexpr const char* kRenewScript = R"(
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0)";
+// ARGV[2]: the released channel, told after the DEL.
 constexpr const char* kReleaseScript = R"(
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
 return 0)";
 // KEYS[1] the done key; ARGV[1] the channel, ARGV[2] the result, ARGV[3] its lifetime in ms.
 constexpr const char* kAnnounceScript = R"(
@@ -294,7 +301,7 @@ void Lease::release() {
   state_->renewing = false;  // before the DEL: a renewal racing it then knows the lease was let go
   impl.drop_lease(*state_);
   // Best effort: if Redis is unreachable the lease simply expires.
-  if (!state_->lost && impl.worth_trying()) impl.eval(kReleaseScript, {lease_key(state_->key)}, {state_->token});
+  if (!state_->lost && impl.worth_trying()) impl.eval(kReleaseScript, {lease_key(state_->key)}, {state_->token, released_channel(state_->key)});
   state_.reset();
 }
 
@@ -389,8 +396,9 @@ WaitResult Coordinator::wait(const std::string& key, Duration timeout) {
   try {
     // Subscribed before the first look at the done key: an announcement in between is not missed.
     subscriber = std::make_unique<RedisConnection>(impl.endpoint, impl.settings.ca_file, impl.settings.io_timeout);
-    subscriber->send({"SUBSCRIBE", done_channel(key)});
-    if (!subscriber->read_next(Clock::now() + impl.settings.io_timeout)) throw RedisError("no answer to SUBSCRIBE");
+    subscriber->send({"SUBSCRIBE", done_channel(key), released_channel(key)});
+    for (int confirmations = 0; confirmations < 2; ++confirmations)
+      if (!subscriber->read_next(Clock::now() + impl.settings.io_timeout)) throw RedisError("no answer to SUBSCRIBE");
   } catch (const RedisError& e) {
     {
       std::lock_guard lock(impl.connection_mutex);
@@ -412,9 +420,11 @@ WaitResult Coordinator::wait(const std::string& key, Duration timeout) {
       return unavailable();
     }
     // ["message", channel, result]
-    if (message && word(*message, 0) == "message") return WaitResult{WaitResult::Outcome::done, word(*message, 2)};
+    const bool published = message && word(*message, 0) == "message";
+    if (published && word(*message, 1) == done_channel(key)) return WaitResult{WaitResult::Outcome::done, word(*message, 2)};
     if (Clock::now() >= deadline) return WaitResult{WaitResult::Outcome::timeout, {}};
-    if (Clock::now() >= next_check) {
+    // A release, or time for the periodic look: free now, or taken again by another replica.
+    if (published || Clock::now() >= next_check) {
       if (auto now = status()) return *now;
       next_check = Clock::now() + lease_check;
     }

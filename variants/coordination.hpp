@@ -6,6 +6,7 @@
 //   accel-proxy:lease:<key>  "<replica-id>:<nonce>", PX lease_ttl: who converts it now
 //   accel-proxy:done:<key>   the result string, PX done_ttl: it has been converted
 //   channel accel-proxy:done:<key>  PUBLISHed with the result when it is
+//   channel accel-proxy:released:<key>  PUBLISHed when a lease is released without a result
 //
 // The calls block, with bounded time (io_timeout per Redis exchange): they are for conversion
 // worker threads, not for the HTTP event loops. Without Redis (unreachable, refused, wrong
@@ -119,8 +120,8 @@ class Coordinator {
 
   // Blocks until the key is done, its lease ends without a result, `timeout` passes, or Redis
   // is lost. Subscribes on a connection of its own first, then checks the done key (no lost
-  // wakeup), and looks at the lease at most every lease_ttl/2 to notice a dead holder. Talks
-  // only to Redis.
+  // wakeup), wakes when the holder releases, and looks at the lease at most every lease_ttl/2 to
+  // notice a dead holder. Talks only to Redis.
   WaitResult wait(const std::string& key, Duration timeout);
 
   // Last known reachability (the background thread retries with backoff while it is false).

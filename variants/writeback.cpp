@@ -40,12 +40,13 @@ void push_blob(RegistryStore& upstream, const WriteBackRequest& request, const S
 }
 
 // Pushes a manifest by digest and links it to its subject where the registry did not.
-void push_manifest(RegistryStore& upstream, const convert::ManifestBytes& manifest, WriteBackResult& result) {
+void push_manifest(RegistryStore& upstream, const WriteBackRequest& request, const convert::ManifestBytes& manifest,
+                   WriteBackResult& result) {
   auto put = upstream.put_manifest_at(manifest, manifest.digest);
   if (put.status != 201)
     throw convert::ConvertError("pushing manifest " + manifest.digest + ": HTTP " + std::to_string(put.status));
   ++result.manifests_pushed;
-  if (!put.subject_indexed && !subject_of(manifest).empty() && link_in_fallback_tag(upstream, manifest))
+  if (!put.subject_indexed && !subject_of(manifest).empty() && link_in_fallback_tag(upstream, manifest, request.lock_fallback_tag))
     ++result.fallback_links;
 }
 
@@ -67,9 +68,10 @@ bool untag(RegistryStore& upstream, const std::string& tag, const convert::Manif
 
 }  // namespace
 
-bool link_in_fallback_tag(RegistryStore& upstream, const convert::ManifestBytes& manifest) {
+bool link_in_fallback_tag(RegistryStore& upstream, const convert::ManifestBytes& manifest, const TagLock& lock) {
   const std::string subject = subject_of(manifest);
   const std::string tag = referrers_fallback_tag(subject);
+  const auto held = lock ? lock(tag) : nullptr;
   auto descriptor = referrer_descriptor(manifest.bytes, manifest.media_type, manifest.digest);
   if (!descriptor) throw convert::ConvertError("manifest " + manifest.digest + " is not a JSON object");
   bool added = false;
@@ -112,8 +114,8 @@ WriteBackResult write_back(RegistryStore& upstream, const WriteBackRequest& requ
   // Image manifests before indexes, the variant itself last: nothing names what is not there.
   for (bool index_pass : {false, true})
     for (const auto& manifest : request.manifests)
-      if (convert::is_index(manifest.media_type) == index_pass) push_manifest(upstream, manifest, result);
-  push_manifest(upstream, request.top, result);
+      if (convert::is_index(manifest.media_type) == index_pass) push_manifest(upstream, request, manifest, result);
+  push_manifest(upstream, request, request.top, result);
   result.tag = tag_variant(upstream, request, result.source_now);
   return result;
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +20,13 @@
 #include "variants/registry_store.hpp"
 
 namespace accel {
+
+// Exclusive use of one tag of the upstream repository among every writer that may update it
+// (this process's threads; other replicas through Redis): the guard holds it until destroyed.
+// A registry that ignores preconditions keeps only the last write of a tag, so two writers that
+// both read the fallback referrers index before either wrote it would lose one entry, and no
+// read-back can tell the later writer that its write erased the other's. Empty: no lock.
+using TagLock = std::function<std::shared_ptr<void>(const std::string& tag)>;
 
 // One object of the variant as the cache holds it.
 struct StoredObject {
@@ -35,6 +43,8 @@ struct WriteBackRequest {
   std::vector<StoredObject> blobs;                // configs and layers
   // Repositories of the same registry that may hold a blob already (cross-repository mount).
   std::function<std::vector<std::string>(const std::string& digest)> mount_sources;
+  // Held around each read-append-write of a fallback referrers tag (see TagLock).
+  TagLock lock_fallback_tag;
 };
 
 enum class TagOutcome {
@@ -69,7 +79,9 @@ WriteBackResult write_back(RegistryStore& upstream, const WriteBackRequest& requ
 TagOutcome tag_variant(RegistryStore& upstream, const WriteBackRequest& request, std::optional<std::string>& source_now);
 
 // Links `manifest` (which has a `subject`) in its subject's referrers fallback tag; false when
-// it was listed already. Retries a lost update from a concurrent writer a few times.
-bool link_in_fallback_tag(RegistryStore& upstream, const convert::ManifestBytes& manifest);
+// it was listed already. Holds `lock` (if any) on the tag while it reads, appends and writes;
+// still re-reads and retries a few times for writers that do not share the lock (another
+// tool writing the same index).
+bool link_in_fallback_tag(RegistryStore& upstream, const convert::ManifestBytes& manifest, const TagLock& lock = {});
 
 }  // namespace accel

@@ -234,10 +234,56 @@ def test_source_tag_moved_during_the_tag_push_is_repaired(tmp_path, tmp_path_fac
                           "the new image's variant to be tagged")
             status, body, _ = registry_manifest(registry, repo, "1-estargz")
             assert body["subject"]["digest"] == new.digest
-            assert ve.metric(p, "accel_proxy_writeback_tags_total", outcome="tagged") >= 1
+            # Counted once the proxy has re-resolved the source after its PUT, a moment later.
+            ve.wait_until(lambda: ve.metric(p, "accel_proxy_writeback_tags_total", outcome="tagged") >= 1, 30,
+                          "the tag write to be counted")
             assert ve.metric(p, "accel_proxy_writeback_tags_total", outcome="unrepaired") == 0
         # The old variant is still there by digest and still linked to the old image.
         assert registry_manifest(registry, repo, old_variant)[0] == 200
         assert [d["digest"] for d in fallback_referrers(registry, repo, old.digest)] == [old_variant]
+    finally:
+        front.stop()
+
+
+def test_concurrent_write_backs_of_one_source_both_land_in_its_fallback_referrers_tag(tmp_path, tmp_path_factory, registry):
+    """Two variants of one image written back at once (eStargz and Nydus) both end up listed in the
+    source's fallback referrers tag. The registry keeps only the last write of a tag, so the proxy
+    must not let two writers read the index before either wrote it: the front holds the first
+    read of the tag until a second one arrives (or 3 s pass), which without the proxy's lock makes
+    both writers read the same index; with it, reads and writes of the tag never interleave."""
+    repo = "two/app"
+    source = ve.push_layers_image(registry.url, requests.Session(), repo, "1", small_layers(tmp_path_factory, "two"))
+    fallback = source.digest.replace(":", "-")
+    tag_path = f"/v2/{repo}/manifests/{fallback}"
+    front = HookFront(registry.url).start()
+
+    def hold_first_read():
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sum(1 for m, p in front.seen if m == "GET" and p == tag_path) < 2:
+            time.sleep(0.02)
+
+    front.hook("GET", rf"^{tag_path}$", hold_first_read)
+    try:
+        with ve.running_variant_proxy(tmp_path / "p", [writeback_upstream(front.url, tag=False)], variants()) as p:
+            results = {}
+            pulls = [threading.Thread(target=lambda s=suffix: results.update({s: ve.get_manifest(p, repo, f"1-{s}")}))
+                     for suffix in ("estargz", "nydus")]
+            for t in pulls:
+                t.start()
+            for t in pulls:
+                t.join(timeout=180)
+            variant_digests = set()
+            for suffix in ("estargz", "nydus"):
+                assert results[suffix].status_code == 200, results[suffix].text[:300]
+                variant_digests.add(ve.sha256(results[suffix].content))
+            wait_for_writeback(p, count=2)
+        listed = {d["digest"] for d in fallback_referrers(registry, repo, source.digest)}
+        assert listed == variant_digests
+        # The tag's requests, in arrival order: between two writes of the index there is the first
+        # writer's read-back and the second writer's own read; interleaved writers would show fewer.
+        order = [m for m, p in front.seen if p == tag_path and m in ("GET", "PUT")]
+        puts = [i for i, m in enumerate(order) if m == "PUT"]
+        assert len(puts) == 2, order
+        assert order[puts[0] + 1:puts[1]].count("GET") >= 2, order
     finally:
         front.stop()

@@ -128,6 +128,47 @@ TEST_CASE("a holder that dies without releasing: a waiter learns it after the le
   CHECK_THAT(metrics.render(), Catch::Contains("accel_coordination_takeovers_total 1\n"));
 }
 
+TEST_CASE("a lease released without a result wakes its waiter at once, not at its next lease check", "[redis]") {
+  // What a lock (write-back's fallback tag) needs: the next writer goes as soon as the last is done.
+  RedisServer redis;
+  Metrics metrics;
+  const Duration ttl = 20s;  // a lease check every 10 s: far later than the wake-up must come
+  Coordinator holder(settings_for(redis.url(), ttl), metrics), waiter(settings_for(redis.url(), ttl), metrics);
+  auto got = holder.try_acquire("key");
+  REQUIRE(got.outcome == Acquire::acquired);
+  auto waiting = std::async(std::launch::async, [&] { return waiter.wait("key", 15s); });
+  std::this_thread::sleep_for(300ms);  // the waiter is subscribed
+  const auto released_at = Clock::now();
+  got.lease = Lease();
+  auto waited = waiting.get();
+  CHECK(waited.outcome == Wait::released_without_done);
+  CHECK(seconds_since(released_at) < 2.0);
+  CHECK(waiter.try_acquire("key").outcome == Acquire::acquired);
+}
+
+TEST_CASE("a release followed at once by another replica's acquire: the waiter keeps waiting for that one", "[redis]") {
+  RedisServer redis;
+  Metrics metrics;
+  const Duration ttl = 20s;
+  Coordinator first(settings_for(redis.url(), ttl), metrics), second(settings_for(redis.url(), ttl), metrics),
+      waiter(settings_for(redis.url(), ttl), metrics);
+  auto got = first.try_acquire("key");
+  REQUIRE(got.outcome == Acquire::acquired);
+  auto waiting = std::async(std::launch::async, [&] { return waiter.wait("key", 3s); });
+  std::this_thread::sleep_for(300ms);
+  // Taken again before the waiter looks: (usually) still held when the waiter checks.
+  auto second_got = second.try_acquire("key");
+  CHECK(second_got.outcome == Acquire::held_elsewhere);
+  got.lease = Lease();
+  second_got = second.try_acquire("key");
+  REQUIRE(second_got.outcome == Acquire::acquired);
+  auto waited = waiting.get();
+  // Either the waiter looked between release and re-acquire (free), or after (held: it waits on
+  // to its timeout); never "done", which nobody announced.
+  CHECK(waited.outcome != Wait::done);
+  if (waited.outcome == Wait::released_without_done) CHECK(waiter.try_acquire("key").outcome == Acquire::held_elsewhere);
+}
+
 TEST_CASE("announce_done wakes every waiter at once; later replicas see the result", "[redis]") {
   RedisServer redis;
   Metrics metrics;
