@@ -94,6 +94,8 @@ class Conversions {
   std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access, std::string source_tag = {});
 
   std::vector<ConversionInfo> list() const;
+  // The replicas' coordination through Redis; null without `coordination.redis`.
+  Coordinator* coordinator() { return coordinator_.get(); }
   size_t queue_depth() const;
 
  private:

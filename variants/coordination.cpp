@@ -27,6 +27,7 @@ std::string done_key(const std::string& key) { return std::string(kPrefix) + "do
 std::string done_channel(const std::string& key) { return std::string(kPrefix) + "done:" + key; }
 // Released without a result: waiters look again at once instead of at their next lease check.
 std::string released_channel(const std::string& key) { return std::string(kPrefix) + "released:" + key; }
+std::string topic_channel(const std::string& topic) { return std::string(kPrefix) + "topic:" + topic; }
 
 // Each script runs atomically in Redis. KEYS[1] is the lease, KEYS[2] the done key.
 // try_acquire: the result if there is one, else the lease if free (or already ours: a retried
@@ -125,6 +126,7 @@ struct Coordinator::Impl {
   std::map<std::string, std::shared_ptr<Lease::State>> leases;  // token -> state
   bool stopping = false;
   std::thread renewer;
+  std::vector<std::thread> listeners;  // one a topic (listen); they also stop on `stopping`
 
   Impl(CoordinationSettings s, Metrics& m) : settings(std::move(s)), endpoint(parse_redis_url(settings.redis_url)), metrics(m) {
     if (settings.replica_id.empty()) settings.replica_id = default_replica_id();
@@ -254,6 +256,47 @@ struct Coordinator::Impl {
     }
   }
 
+  // --- broadcasts ------------------------------------------------------------------------
+
+  // Waits up to `d`, or less when stopping. Returns whether the Coordinator is stopping.
+  bool stop_within(Duration d) {
+    std::unique_lock lock(leases_mutex);
+    return leases_changed.wait_for(lock, d, [&] { return stopping; });
+  }
+
+  bool is_stopping() {
+    std::lock_guard lock(leases_mutex);
+    return stopping;
+  }
+
+  // A subscriber connection of its own, read in short slices so that a stop is noticed soon.
+  void listen_loop(const std::string& topic, const std::function<void(const std::string&)>& on_message) {
+    const std::string channel = topic_channel(topic);
+    Duration retry{250ms};
+    while (!is_stopping()) {
+      try {
+        RedisConnection subscriber(endpoint, settings.ca_file, settings.io_timeout);
+        subscriber.send({"SUBSCRIBE", channel});
+        if (!subscriber.read_next(Clock::now() + settings.io_timeout)) throw RedisError("no answer to SUBSCRIBE");
+        retry = 250ms;
+        while (!is_stopping()) {
+          auto message = subscriber.read_next(Clock::now() + 200ms);
+          if (message && word(*message, 0) == "message") {
+            try {
+              on_message(word(*message, 2));
+            } catch (const std::exception& e) {
+              spdlog::warn("coordination: handling a message on {} failed: {}", topic, e.what());
+            }
+          }
+        }
+      } catch (const RedisError& e) {
+        spdlog::debug("coordination: listening on {}: {}; again in {} ms", topic, e.what(), retry.count());
+        if (stop_within(retry)) return;
+        retry = std::min<Duration>(retry * 2, 5s);
+      }
+    }
+  }
+
   void add_lease(const std::shared_ptr<Lease::State>& state) {
     std::lock_guard lock(leases_mutex);
     leases[state->token] = state;
@@ -328,6 +371,18 @@ Coordinator::~Coordinator() {
   }
   impl_->leases_changed.notify_all();
   impl_->renewer.join();
+  for (auto& listener : impl_->listeners) listener.join();
+}
+
+bool Coordinator::broadcast(const std::string& topic, const std::string& message) {
+  auto& impl = *impl_;
+  if (!impl.worth_trying()) return false;
+  return impl.run({"PUBLISH", topic_channel(topic), message}).has_value();
+}
+
+void Coordinator::listen(const std::string& topic, std::function<void(const std::string&)> on_message) {
+  auto& impl = *impl_;
+  impl.listeners.emplace_back([&impl, topic, handler = std::move(on_message)] { impl.listen_loop(topic, handler); });
 }
 
 std::unique_ptr<Coordinator> Coordinator::from_config(const Config& config, Metrics& metrics) {

@@ -7,6 +7,7 @@
 //   accel-proxy:done:<key>   the result string, PX done_ttl: it has been converted
 //   channel accel-proxy:done:<key>  PUBLISHed with the result when it is
 //   channel accel-proxy:released:<key>  PUBLISHed when a lease is released without a result
+//   channel accel-proxy:topic:<topic>    broadcasts to every replica (broadcast / listen)
 //
 // The calls block, with bounded time (io_timeout per Redis exchange): they are for conversion
 // worker threads, not for the HTTP event loops. Without Redis (unreachable, refused, wrong
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -123,6 +125,16 @@ class Coordinator {
   // wakeup), wakes when the holder releases, and looks at the lease at most every lease_ttl/2 to
   // notice a dead holder. Talks only to Redis.
   WaitResult wait(const std::string& key, Duration timeout);
+
+  // Tells every replica listening on `topic` (PUBLISH on accel-proxy:topic:<topic>), this one
+  // included. False when Redis is unreachable: Redis keeps no messages, so a replica that is not
+  // subscribed at that moment never hears it (callers bound staleness some other way).
+  bool broadcast(const std::string& topic, const std::string& message);
+
+  // Calls `on_message` for every message broadcast on `topic` from now until the Coordinator is
+  // destroyed, on a thread of its own that holds a subscriber connection and subscribes again,
+  // with backoff, when Redis comes back. Call before the replica serves, and only once a topic.
+  void listen(const std::string& topic, std::function<void(const std::string&)> on_message);
 
   // Last known reachability (the background thread retries with backoff while it is false).
   bool available() const;

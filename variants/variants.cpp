@@ -228,7 +228,8 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
 }  // namespace
 
 Variants::Variants(const Config& config, Metrics& metrics)
-    : cache_(config.cache_dir, cache_limits(config)),
+    : metrics_(metrics),
+      cache_(config.cache_dir, cache_limits(config)),
       conversions_(config, cache_, metrics),
       grants_(config.variants.authorization_ttl) {
   using T = Metrics::Type;
@@ -237,6 +238,48 @@ Variants::Variants(const Config& config, Metrics& metrics)
   metrics.describe("accel_proxy_authorization_checks_total", T::counter, "Upstream read checks before serving cached content, by result.");
   metrics.describe("accel_proxy_cache_evictions_total", T::counter, "Blobs evicted from the cache.");
   cache_.on_evict = [&metrics](const std::string&) { metrics.add("accel_proxy_cache_evictions_total", {}); };
+  metrics.describe("accel_proxy_tag_invalidations_total", T::counter,
+                   "Cached tag resolutions forgotten after a manifest PUT or DELETE, by origin (push: through this replica; replica: told by another).");
+  if (auto* coordinator = conversions_.coordinator())
+    coordinator->listen("tags", [this, self = coordinator->replica_id()](const std::string& message) {
+      on_tag_broadcast(message, self);
+    });
+}
+
+void Variants::drop_resolutions(const std::string& upstream, const std::string& repository, const std::string& reference) {
+  // Resolutions are keyed "<upstream>/<repository>:<tag>" (handle_variant_request).
+  const std::string scope = upstream + "/" + repository + ":";
+  if (looks_like_digest(reference)) cache_.drop_tags_naming(scope, reference);
+  else cache_.drop_tag(scope + reference);
+}
+
+void Variants::forget_tag(const std::string& upstream, const std::string& repository, const std::string& reference) {
+  drop_resolutions(upstream, repository, reference);
+  metrics_.add("accel_proxy_tag_invalidations_total", {{"origin", "push"}});
+  auto* coordinator = conversions_.coordinator();
+  if (!coordinator) return;
+  // Upstream names are the replicas' shared configuration, so they name the same registry.
+  const nlohmann::json message{{"replica", coordinator->replica_id()},
+                               {"upstream", upstream},
+                               {"repository", repository},
+                               {"reference", reference}};
+  if (!coordinator->broadcast("tags", message.dump()))
+    spdlog::warn("push upstream={} repo={} reference={}: Redis unreachable, other replicas keep their resolution of it "
+                 "until variants.tag_ttl passes",
+                 upstream, repository, reference);
+}
+
+void Variants::on_tag_broadcast(const std::string& message, const std::string& own_replica_id) {
+  auto doc = nlohmann::json::parse(message, nullptr, false);
+  if (!doc.is_object()) return;
+  auto text = [&](const char* name) { return doc.contains(name) && doc[name].is_string() ? doc[name].get<std::string>() : std::string(); };
+  if (text("replica") == own_replica_id) return;  // ours: done already
+  const std::string upstream = text("upstream"), repository = text("repository"), reference = text("reference");
+  if (upstream.empty() || repository.empty() || reference.empty()) return;
+  drop_resolutions(upstream, repository, reference);
+  metrics_.add("accel_proxy_tag_invalidations_total", {{"origin", "replica"}});
+  spdlog::info("tag resolution forgotten upstream={} repo={} reference={}: pushed through another replica", upstream,
+               repository, reference);
 }
 
 net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
@@ -414,11 +457,7 @@ std::string conversions_listing(ProxyContext& ctx) {
 
 void forget_tag(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
                 const std::string& reference) {
-  if (!ctx.variants) return;
-  // Resolutions are keyed "<upstream>/<repository>:<tag>" (handle_variant_request).
-  const std::string scope = upstream.name + "/" + repository + ":";
-  if (looks_like_digest(reference)) ctx.variants->cache().drop_tags_naming(scope, reference);
-  else ctx.variants->cache().drop_tag(scope + reference);
+  if (ctx.variants) ctx.variants->forget_tag(upstream.name, repository, reference);
 }
 
 void convert_pushed(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,

@@ -21,7 +21,18 @@ class Variants {
   Conversions& conversions() { return conversions_; }
   ReadGrants& grants() { return grants_; }
 
+  // A manifest PUT or DELETE through this replica: forgets the cached resolution of the tag
+  // (for a digest, of every tag naming it) here, and with Redis tells the other replicas to.
+  void forget_tag(const std::string& upstream, const std::string& repository, const std::string& reference);
+
  private:
+  // Drops the resolutions on this replica only.
+  void drop_resolutions(const std::string& upstream, const std::string& repository, const std::string& reference);
+  // Applies another replica's forget_tag (a broadcast on the "tags" topic). Runs on the
+  // coordinator's listener thread, which conversions_ stops before cache_ is destroyed.
+  void on_tag_broadcast(const std::string& message, const std::string& own_replica_id);
+
+  Metrics& metrics_;
   cache::Cache cache_;
   Conversions conversions_;
   ReadGrants grants_;
@@ -39,8 +50,8 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
                                            const std::string& source_digest);
 
 // A manifest PUT or DELETE through the proxy succeeded: the cached resolution of that tag (or,
-// for a digest, of every tag naming it) is forgotten on this replica, so the next variant
-// request resolves it upstream again.
+// for a digest, of every tag naming it) is forgotten on this replica and, with Redis, on the
+// others, so the next variant request resolves it upstream again.
 void forget_tag(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
                 const std::string& reference);
 

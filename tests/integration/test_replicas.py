@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+import images
 import variant_env as ve
 from hook_front import HookFront
 from ports import free_port
@@ -169,3 +170,39 @@ def test_pulls_succeed_when_redis_stops(tmp_path, tmp_path_factory, registry, re
         for p in (a, b):
             ve.wait_until(lambda: ve.metric(p, "accel_coordination_redis_up") == 0, 10, "the gauge to drop")
         assert any("Redis unreachable" in p.service.log_text() for p in (a, b))
+
+
+def test_a_push_through_one_replica_makes_every_replica_forget_the_tag(tmp_path, tmp_path_factory, registry, redis):
+    """Replica b keeps tag resolutions for an hour; a re-push of the tag through replica a tells it
+    (through Redis) to forget, so b's next variant request serves the new image's variant."""
+    variants = ve.variants_config(on_miss="wait", wait_limit="120s", tag_ttl="1h", authorization_ttl="1h")
+    coordination = {"coordination": {"redis": redis.url, "lease_ttl": f"{LEASE_TTL}s"}}
+    up = upstream("up", registry.url)
+    repo = "rep/repush"
+    with ve.running_variant_proxy(tmp_path / "a", [up], variants, extra_config=coordination) as a, \
+            ve.running_variant_proxy(tmp_path / "b", [up], variants, extra_config=coordination) as b:
+
+        def source_of_variant(proxy):
+            resp = ve.get_manifest(proxy, repo, "1-estargz", timeout=180)
+            assert resp.status_code == 200, resp.text[:300]
+            return json.loads(resp.content)["subject"]["digest"]
+
+        first = images.Pusher(a.url, requests.Session()).push_image(repo, "1", *oci_image("repush-1"))
+        assert source_of_variant(b) == first.digest  # b now holds the resolution 1 -> first
+
+        second = images.Pusher(a.url, requests.Session()).push_image(repo, "1", *oci_image("repush-2"))
+        assert second.digest != first.digest
+        ve.wait_until(lambda: ve.metric(b, "accel_proxy_tag_invalidations_total", origin="replica") >= 1, 10,
+                      "replica b to hear of the push")
+        assert source_of_variant(b) == second.digest
+        assert ve.metric(a, "accel_proxy_tag_invalidations_total", origin="push") >= 1
+
+        # The control: a push that passes neither replica is not heard of (b keeps its resolution).
+        third = images.Pusher(registry.url, requests.Session()).push_image(repo, "1", *oci_image("repush-3"))
+        assert third.digest != second.digest
+        assert source_of_variant(b) == second.digest
+
+
+def oci_image(seed):
+    body, blobs = images.build_oci_image(seed)
+    return body, blobs, images.OCI_MANIFEST

@@ -4,6 +4,7 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <future>
@@ -363,4 +364,42 @@ TEST_CASE("keys live under accel-proxy: in the URL's database", "[redis]") {
   CHECK(ttl <= 3600 * 1000);
   RedisConnection db0(parse_redis_url(redis.url()), "", 1s);
   CHECK(db0.command({"DBSIZE"}).integer == 0);
+}
+
+TEST_CASE("broadcasts reach every listening replica, the sender too; a listener subscribes again after Redis restarts",
+          "[redis]") {
+  RedisServer redis;
+  Metrics metrics;
+  // Declared before the coordinators: their listener threads use these until they are destroyed.
+  std::mutex mutex;
+  std::vector<std::string> heard_by_sender, heard_by_receiver, heard_elsewhere;
+  Coordinator sender(settings_for(redis.url()), metrics), receiver(settings_for(redis.url()), metrics);
+  auto collect = [&](std::vector<std::string>& into) {
+    return [&mutex, &into](const std::string& message) {
+      std::lock_guard lock(mutex);
+      into.push_back(message);
+    };
+  };
+  sender.listen("tags", collect(heard_by_sender));
+  receiver.listen("tags", collect(heard_by_receiver));
+  receiver.listen("other-topic", collect(heard_elsewhere));
+  auto count = [&](const std::vector<std::string>& v) {
+    std::lock_guard lock(mutex);
+    return v.size();
+  };
+  auto heard = [&](const std::vector<std::string>& v, const std::string& message) {
+    std::lock_guard lock(mutex);
+    return std::find(v.begin(), v.end(), message) != v.end();
+  };
+  // Subscribing takes a moment: repeat the first message until it is heard (Redis keeps none).
+  REQUIRE(eventually([&] { sender.broadcast("tags", "warm-up"); return count(heard_by_receiver) > 0 && count(heard_by_sender) > 0; }, 5s));
+  REQUIRE(sender.broadcast("tags", "one"));
+  CHECK(eventually([&] { return heard(heard_by_receiver, "one") && heard(heard_by_sender, "one"); }, 3s));
+  CHECK(count(heard_elsewhere) == 0);
+
+  redis.stop();
+  CHECK(eventually([&] { return !sender.broadcast("tags", "lost"); }, 5s));  // nothing to send to: false
+  redis.start();
+  CHECK(eventually([&] { sender.broadcast("tags", "two"); return heard(heard_by_receiver, "two"); }, 15s));
+  CHECK_FALSE(heard(heard_by_receiver, "lost"));
 }
