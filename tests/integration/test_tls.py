@@ -7,6 +7,7 @@ certificate names the host of the upstream URL.
 """
 import hashlib
 import json
+import subprocess
 import warnings
 
 import pytest
@@ -145,3 +146,26 @@ def test_hostname_in_url_checked_against_certificate(proxy_factory, tls_registry
     # came from the hostname check and nothing else.
     skip = proxy_factory([upstream("wrong", wrong_name_registry.url, insecure_skip_verify=True)])
     assert_pull_works(skip, wrong_name_registry.images[0])
+
+
+def test_push_through_the_proxy_to_an_https_upstream(proxy_factory, tls_registry, pki, open_registry, pushed_images,
+                                                     tmp_path):
+    """A push streams to a TLS upstream too (the buffered path, not splice): skopeo copies a
+    2-platform index through the proxy, and the registry then serves the same digests."""
+    proxy = proxy_factory([upstream("tls", tls_registry.url, ca_file=str(pki.ca))])
+    image = pushed_images.index
+    argv = [skopeo.SKOPEO, "--insecure-policy", "copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://127.0.0.1:{open_registry.port}/{image.repo}:{image.tag}",
+            f"docker://127.0.0.1:{proxy.port}/pushed-tls/multi:{image.tag}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    got = requests.get(f"{tls_registry.url}/v2/pushed-tls/multi/manifests/{image.tag}", verify=str(pki.ca),
+                       headers={"Accept": "application/vnd.oci.image.index.v1+json"}, timeout=10)
+    assert got.status_code == 200
+    assert "sha256:" + hashlib.sha256(got.content).hexdigest() == image.digest
+    for child in json.loads(got.content)["manifests"]:
+        head = requests.head(f"{tls_registry.url}/v2/pushed-tls/multi/manifests/{child['digest']}",
+                             verify=str(pki.ca), headers={"Accept": child["mediaType"]}, timeout=10)
+        assert head.status_code == 200, child
+    assert_healthy(proxy)
