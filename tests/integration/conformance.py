@@ -83,6 +83,9 @@ class Result:
     title: str
     status: str      # pass, fail, skip
     reason: str = ""
+    # "METHOD status" of each request the check made, in order ("PATCH 100 202": the server
+    # said 100 Continue first).
+    answers: list = field(default_factory=list)
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.authorization = None
+        self.answers = []  # see Result.answers; the run takes them after each check
         ping = self.session.get(self.base_url + "/v2/", timeout=TIMEOUT)
         if ping.status_code == 401:
             scheme, params = registry_auth.parse_challenge(ping.headers.get("WWW-Authenticate", ""))
@@ -143,11 +147,19 @@ class Client:
 
     def request(self, method, path_or_url, headers=None, data=None):
         # requests sends Content-Length: 0 for a PUT/PATCH/POST without data, as the suite does.
-        return self.session.request(method, self.url(path_or_url), headers=self.headers(headers),
+        resp = self.session.request(method, self.url(path_or_url), headers=self.headers(headers),
                                     data=data, timeout=TIMEOUT, allow_redirects=False)
+        self.answers.append(f"{method} {resp.status_code}")
+        return resp
+
+    def expect_continue(self, method, url, headers, body):
+        """expect_continue(), its answer noted."""
+        got_continue, status, fields, data = expect_continue(method, url, headers, body)
+        self.answers.append(f"{method} {'100 ' if got_continue else ''}{status}")
+        return got_continue, status, fields, data
 
 
-def expect_continue(client, method, url, headers, body):
+def expect_continue(method, url, headers, body):
     """A request with `Expect: 100-continue`, sent as curl sends a large upload: the header,
     then the body only once the server said `100 Continue` (a final answer first is returned as
     it is, the body unsent). Returns (got 100, status, headers dict lowercased, body)."""
@@ -155,7 +167,7 @@ def expect_continue(client, method, url, headers, body):
     target = parts.path + ("?" + parts.query if parts.query else "")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Expect: 100-continue",
              f"Content-Length: {len(body)}", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in client.headers(headers).items()]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
     sock = socket.create_connection((parts.hostname, parts.port), timeout=CONTINUE_WAIT)
     try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -245,6 +257,8 @@ class TestData:
         self.blob_a = Blob(rng.randbytes(42))
         self.setup_chunked_blob(rng, 42)
         self.rng = rng
+        # Sent with `Expect: 100-continue` (extra): above the 1 MiB from which curl sends that.
+        self.continue_blob = Blob(rng.randbytes(1024 * 1024 + 7))
         # For the manifest with `subject` (extra): the empty config and one small artifact blob.
         self.empty_json = Blob(b"{}")
         self.artifact_blob = Blob(b"conformance artifact " + rng.randbytes(8).hex().encode())
@@ -509,14 +523,14 @@ class Workflow:
 
     @check("expect-continue-patch", "Expect: 100-continue (extra): a PATCH is told 100 Continue, then answered 202 with its Range")
     def _continue_patch(self):
-        self.continue_blob = Blob(self.d.rng.randbytes(1024 * 1024 + 7))  # above curl's 1 MiB threshold
         start = self.c.request("POST", self.path("blobs/uploads/"))
         status_in(start, 202)
-        half = len(self.continue_blob.data) // 2
+        blob = self.d.continue_blob
+        half = len(blob.data) // 2
         session = self.location(start)
-        got_continue, status, fields, body = expect_continue(
-            self.c, "PATCH", session,
-            {"Content-Type": OCTET, "Content-Range": f"0-{half - 1}"}, self.continue_blob.data[:half])
+        got_continue, status, fields, body = self.c.expect_continue(
+            "PATCH", session, self.c.headers({"Content-Type": OCTET, "Content-Range": f"0-{half - 1}"}),
+            blob.data[:half])
         expect(got_continue, f"no 100 Continue: answered {status} before the body: {body[:200]!r}")
         expect(status == 202, f"PATCH after 100 Continue: status {status}: {body[:200]!r}")
         expect(fields.get("range") == f"0-{half - 1}", f"Range {fields.get('range')!r}")
@@ -528,17 +542,29 @@ class Workflow:
     @check("expect-continue-put", "Expect: 100-continue (extra): the closing PUT with the last chunk is told 100 Continue, then answered 201")
     def _continue_put(self):
         expect(getattr(self, "continue_location", None), "no upload session from the previous check")
-        blob = self.continue_blob
+        blob = self.d.continue_blob
         half = len(blob.data) // 2
-        got_continue, status, fields, body = expect_continue(
-            self.c, "PUT", self.with_digest(self.continue_location, blob.digest),
-            {"Content-Type": OCTET, "Content-Range": f"{half}-{len(blob.data) - 1}"}, blob.data[half:])
+        got_continue, status, fields, body = self.c.expect_continue(
+            "PUT", self.with_digest(self.continue_location, blob.digest),
+            self.c.headers({"Content-Type": OCTET, "Content-Range": f"{half}-{len(blob.data) - 1}"}),
+            blob.data[half:])
         expect(got_continue, f"no 100 Continue: answered {status} before the body: {body[:200]!r}")
         expect(status == 201, f"PUT after 100 Continue: status {status}: {body[:200]!r}")
         expect(fields.get("docker-content-digest") in (None, blob.digest),
                f"Docker-Content-Digest {fields.get('docker-content-digest')!r}")
         status_in(self.get_blob(blob.digest), 200)
         expect(self.get_blob(blob.digest).content == blob.data, "the blob read back differs")
+
+    @check("expect-continue-refused", "Expect: 100-continue (extra): a PATCH without credentials is refused (401) before its body is sent")
+    def _continue_refused(self):
+        if not self.c.authorization:
+            raise Skip("the registry asks for no credentials")
+        start = self.c.request("POST", self.path("blobs/uploads/"))
+        status_in(start, 202)
+        got_continue, status, _, body = self.c.expect_continue(
+            "PATCH", self.location(start), {"Content-Type": OCTET}, self.d.continue_blob.data)
+        expect(not got_continue and status == 401,
+               f"{'100 Continue, then ' if got_continue else ''}{status} (expected 401 before the body): {body[:200]!r}")
 
     # -- Push: cross-repository blob mount --
 
@@ -767,14 +793,17 @@ def run(base_url, credentials, repo=None, crossmount=None) -> Run:
     workflow = Workflow(Client(base_url, credentials, [repo, crossmount]), repo, crossmount)
     results = []
     for check_id, title, fn in CHECKS:
+        workflow.c.answers = []
         try:
             fn(workflow)
-            results.append(Result(check_id, title, "pass"))
+            result = Result(check_id, title, "pass")
         except Skip as exc:
-            results.append(Result(check_id, title, "skip", str(exc)))
+            result = Result(check_id, title, "skip", str(exc))
         except Fail as exc:
-            results.append(Result(check_id, title, "fail", str(exc)))
+            result = Result(check_id, title, "fail", str(exc))
         except (requests.RequestException, OSError) as exc:
-            results.append(Result(check_id, title, "fail", f"{type(exc).__name__}: {exc}"))
+            result = Result(check_id, title, "fail", f"{type(exc).__name__}: {exc}")
+        result.answers = workflow.c.answers
+        results.append(result)
     return Run(base_url, repo, results, workflow.foreign_locations, workflow.oci_subject,
                workflow.subject_digest)
