@@ -162,8 +162,8 @@ bool streams_body(const http::request_header<>& header) {
 
 // A push's body, read from the client's connection as the forwarder sends it upstream. A client
 // that announced `Expect: 100-continue` is told to go on when the body is first wanted (once
-// the upstream wants it: see send_streaming). Each
-// read waits up to the idle timeout: a client that stops sending mid-body is dropped.
+// the upstream wants it: see send_streaming). Each read waits up to the idle timeout: a client
+// that stops sending mid-body is dropped.
 class ClientBody final : public BodySource {
  public:
   ClientBody(ClientStream& stream, beast::flat_buffer& buffer, http::request_parser<http::empty_body>&& header,

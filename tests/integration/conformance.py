@@ -7,14 +7,15 @@ machine, so this is our own re-implementation of its checks, written from its so
 (02_push_test.go, 04_management_test.go, setup.go) and from spec.md: same requests, same order,
 same expectations, and each check sees the state the earlier ones left, as in the suite (the
 suite's "last response" and "previous response" are `Workflow.last` and `Workflow.prev`).
-A few checks the v1.1.1 suite does not make are marked "extra" in their title: Location and
-Docker-Content-Digest checks the redesigned suite (main) makes, an upload cancelled with
-DELETE, a manifest with `subject` (its `OCI-Subject` answer), and `Expect: 100-continue` on a
-PATCH and a PUT. Options left at the suite's defaults: OCI_DELETE_MANIFEST_BEFORE_BLOBS=true,
+A few checks the v1.1.1 suite does not make are marked "extra" in their title: the Location
+and Docker-Content-Digest checks the redesigned suite (main) makes, an upload cancelled with
+DELETE, HEAD answers, a manifest with `subject` (its `OCI-Subject` answer), a deleted tag's 404,
+a missing blob's DELETE, and `Expect: 100-continue` on a PATCH, a PUT and a refused PATCH.
+Options left at the suite's defaults: OCI_DELETE_MANIFEST_BEFORE_BLOBS=true, and
 OCI_AUTOMATIC_CROSSMOUNT=false (distribution 2.8 mounts only with `from`).
 
     run = conformance.run(base_url, ("user", "password"))
-    run.results  # [Result(id, title, status "pass"|"fail"|"skip", reason)], in CHECKS order
+    run.results  # [Result(id, title, status "pass"|"fail"|"skip", reason, answers)], CHECKS order
 """
 import base64
 import json
