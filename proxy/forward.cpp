@@ -659,7 +659,9 @@ net::awaitable<void> forward_write(ProxyContext& ctx, const Request& request, co
   }
   const Endpoint endpoint = endpoint_of(upstream);
   Request out = upstream_request(request, request.method(), upstream_path(route) + upstream_query(route), endpoint);
-  out.erase(http::field::expect);  // a client's 100-continue is answered by the proxy (ClientBody)
+  // A streamed body's 100-continue is asked of the upstream by send_streaming, which knows
+  // whether the client is still waiting for it; any other body has been read whole already.
+  out.erase(http::field::expect);
   const auto started = Clock::now();
   std::unique_ptr<UpstreamResponse> response;
   if (body) {

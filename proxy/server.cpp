@@ -161,8 +161,9 @@ bool streams_body(const http::request_header<>& header) {
 }
 
 // A push's body, read from the client's connection as the forwarder sends it upstream. A client
-// that announced `Expect: 100-continue` is told to go on when the body is first wanted. Each
-// read waits up to the idle timeout: a client that stops sending mid-body is dropped.
+// that announced `Expect: 100-continue` is told to go on when the body is first wanted (once
+// the upstream wants it: see send_streaming). Each read waits up to the idle timeout: a client
+// that stops sending mid-body is dropped.
 class ClientBody final : public BodySource {
  public:
   ClientBody(ClientStream& stream, beast::flat_buffer& buffer, http::request_parser<http::empty_body>&& header,
@@ -177,6 +178,7 @@ class ClientBody final : public BodySource {
     return parser_.content_length().value_or(0);
   }
   bool done() const override { return parser_.is_done(); }
+  bool expects_continue() const override { return expect_continue_; }
 
   net::awaitable<size_t> read_some(net::mutable_buffer out) override {
     if (parser_.is_done() || out.size() == 0) co_return 0;

@@ -449,27 +449,58 @@ net::awaitable<error_code> write_all(UpstreamConnection& c, const Buffers& buffe
 
 }  // namespace
 
+net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::next_answer(
+    std::unique_ptr<UpstreamConnection>& connection, const Endpoint& endpoint, bool head_request, error_code earlier) {
+  auto response = std::make_unique<UpstreamResponse>(*this, std::move(connection), head_request);
+  try {
+    co_await response->read_header();
+  } catch (const boost::system::system_error& e) {
+    const error_code ec = earlier ? earlier : e.code();
+    if (ec == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
+    throw UpstreamError("upstream " + endpoint.key() + ": " + ec.message());
+  }
+  if (response->status() / 100 != 1) co_return response;
+  connection = std::move(response->connection_);
+  connection->done = false;  // read_header took the interim answer for a whole one
+  co_return nullptr;
+}
+
 net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send_streaming(
     const Endpoint& endpoint, const http::request<http::string_body>& request, BodySource& body,
     net::mutable_buffer scratch, uint64_t& sent) {
+  const bool head_request = request.method() == http::verb::head;
   const auto length = body.size();
+  const bool ask_first = body.expects_continue();
   std::string head;
   head.append(request.method_string()).append(" ").append(request.target()).append(" HTTP/1.1\r\n");
   for (const auto& f : request) head.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
   // The body's framing is ours to choose: the client's length when it gave one, else chunked.
   if (length) head.append("Content-Length: ").append(std::to_string(*length)).append("\r\n");
   else head.append("Transfer-Encoding: chunked\r\n");
+  // The client's expectation goes upstream: the upstream decides whether the body is wanted.
+  if (ask_first) head.append("Expect: 100-continue\r\n");
   head.append("\r\n");
 
   std::unique_ptr<UpstreamConnection> c = co_await connect(endpoint);
   error_code failure = co_await write_all(*c, net::buffer(head));
+  std::unique_ptr<UpstreamResponse> response;
+  // An HTTP/1.1 server answers an expectation with 100 Continue or its final answer (a refusal:
+  // returned, the body untouched, the client never told to send it). One silent for a second
+  // (HTTP/1.0, or ignoring the expectation) gets the body anyway, as curl does; its 100 may then
+  // come late, during the body, and is dropped there.
+  if (!failure && ask_first && co_await wait_ready(c->lowest(), tcp::socket::wait_read, std::chrono::seconds(1)))
+    response = co_await next_answer(c, endpoint, head_request, {});
   // Pump: one client read, one upstream write, through `scratch`. An upstream that has answered
   // already (it refused the request without reading the body) gets no more: its answer is read.
   auto answered = [&c] {
     error_code ignored;
-    return c->lowest().available(ignored) > 0;
+    return c->buffer.size() > 0 || c->lowest().available(ignored) > 0;
   };
-  while (!failure && !answered()) {
+  while (!failure && !response) {
+    if (answered()) {
+      response = co_await next_answer(c, endpoint, head_request, {});
+      continue;  // a final answer ends the pump, an interim one (a late 100) does not
+    }
     const size_t n = co_await body.read_some(scratch);
     if (n == 0) break;
     const net::const_buffer piece(scratch.data(), n);
@@ -483,17 +514,11 @@ net::awaitable<std::unique_ptr<UpstreamResponse>> UpstreamClient::send_streaming
     }
     if (!failure) sent += n;
   }
-  if (!failure && !length && body.done()) failure = co_await write_all(*c, net::buffer("0\r\n\r\n", 5));
-
-  // The answer: after the whole body, or the early one that stopped the pump (also after a
-  // failed write: an upstream that refused the body may have answered before closing).
-  auto response = std::make_unique<UpstreamResponse>(*this, std::move(c), request.method() == http::verb::head);
-  try {
-    co_await response->read_header();
-  } catch (const boost::system::system_error& e) {
-    const error_code ec = failure ? failure : e.code();
-    if (ec == beast::error::timeout) throw UpstreamError("upstream " + endpoint.key() + " timed out");
-    throw UpstreamError("upstream " + endpoint.key() + ": " + ec.message());
+  if (!response) {
+    if (!failure && !length && body.done()) failure = co_await write_all(*c, net::buffer("0\r\n\r\n", 5));
+    // The answer: after the whole body, or after a failed write (an upstream that refused the
+    // body may have answered before closing). Interim answers before it are dropped.
+    while (!response) response = co_await next_answer(c, endpoint, head_request, failure);
   }
   // A connection whose request body was cut short cannot carry another request.
   if (failure || !body.done()) response->connection_->keep_alive = false;

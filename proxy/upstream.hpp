@@ -75,6 +75,9 @@ class BodySource {
   virtual net::awaitable<size_t> read_some(net::mutable_buffer buffer) = 0;
   // The whole body has been read.
   virtual bool done() const = 0;
+  // The client sent `Expect: 100-continue` and has not been told to go on yet (its first
+  // read_some tells it).
+  virtual bool expects_continue() const { return false; }
 };
 
 // The upstream's answer: header read, body not yet. Destroying it before the body is fully
@@ -134,7 +137,9 @@ class UpstreamClient {
   // and reads the response header. Always on a fresh connection: a pooled one the server closed
   // while idle could only be found out after the body was consumed, too late to retry. An
   // upstream that answers before taking the whole body (e.g. 401) is answered with: the caller
-  // sees body.done() false. Counts the body bytes sent in `sent`.
+  // sees body.done() false. Counts the body bytes sent in `sent`. A body that expects_continue()
+  // is sent only once the upstream said `100 Continue` (or stayed silent for a second): an
+  // upstream's refusal reaches the client before it sends any of the body, as it would directly.
   net::awaitable<std::unique_ptr<UpstreamResponse>> send_streaming(const Endpoint& endpoint,
                                                                     const http::request<http::string_body>& request,
                                                                     BodySource& body, net::mutable_buffer scratch,
@@ -159,6 +164,12 @@ class UpstreamClient {
   friend class UpstreamResponse;
   net::awaitable<std::unique_ptr<UpstreamConnection>> connect(const Endpoint& endpoint);
   void release(std::unique_ptr<UpstreamConnection> connection);
+  // Reads the next answer's header on `connection`: a final one is returned and owns it; an
+  // interim one (1xx) is dropped and null returned, `connection` kept. Failures throw
+  // UpstreamError, reporting `earlier` (a failed write) when set.
+  net::awaitable<std::unique_ptr<UpstreamResponse>> next_answer(std::unique_ptr<UpstreamConnection>& connection,
+                                                                const Endpoint& endpoint, bool head_request,
+                                                                boost::system::error_code earlier);
   struct TlsContexts;
 
   net::any_io_executor executor_;

@@ -16,21 +16,28 @@
    (the tag resolution is cached for an hour here).
 6. Convert on push: with a webhooks rule naming the repository, a manifest PUT through the proxy
    starts the conversion; the first pull of tag-estargz is a cache hit.
+7. `Expect: 100-continue` goes upstream: the client is told to send its body when the upstream
+   says so, also when that 100 comes late, and after a second when it never comes (an upstream
+   that refuses is in test_conformance_writes.py).
 """
 import hashlib
 import json
+import socketserver
 import subprocess
+import threading
 import time
 
 import pytest
 import requests
 
 import checks
+import conformance
 import images
 import prom
 import registry_auth
 import skopeo
 import variant_env
+from ports import free_port
 from proxy import running_proxy, upstream
 
 ALICE = ("alice", "wonderland")   # token_server.py: pull, push, delete everywhere
@@ -333,3 +340,70 @@ def test_push_through_proxy_converts_selected_repositories(tmp_path_factory, ope
         assert after["hits"] > before["hits"], after
         assert after["done"] == 1, after
         assert "route=webhook" not in proxy.log_tail()  # the push started it, not a hook
+
+
+# ---- 7. Expect: 100-continue ---------------------------------------------------------------------
+
+class _ExpectHandler(socketserver.StreamRequestHandler):
+    """An upload endpoint whose way with `Expect: 100-continue` is the repository's name:
+    `eager/...` says 100 Continue at once, `late/...` after LATE seconds, `silent/...` never (as
+    an HTTP/1.0 server). Each then reads the body and answers 201 with its digest, and with
+    X-Saw-Expect: whether the expectation reached it."""
+    LATE = 1.5
+
+    def handle(self):
+        path = self.rfile.readline().decode("latin-1").split(" ")[1]
+        fields = {}
+        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            fields[name.strip().lower()] = value.strip()
+        expects = fields.get("expect", "").lower() == "100-continue"
+        mode = path.split("/")[2]
+        if expects and mode != "silent":
+            if mode == "late":
+                time.sleep(self.LATE)
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.flush()
+        body = self.rfile.read(int(fields.get("content-length", "0")))
+        self.wfile.write((f"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n"
+                          f"Docker-Content-Digest: {images.sha256_digest(body)}\r\n"
+                          f"X-Saw-Expect: {'yes' if expects else 'no'}\r\n"
+                          f"Connection: close\r\n\r\n").encode())
+
+
+class _ExpectServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@pytest.fixture
+def expect_upstream():
+    port = free_port()
+    server = _ExpectServer(("127.0.0.1", port), _ExpectHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("mode", ["eager", "late", "silent"])
+def test_expect_continue_is_the_upstreams_to_answer(proxy_factory, expect_upstream, mode):
+    proxy = proxy_factory([upstream("main", expect_upstream)])
+    data = images.deterministic_bytes("expect-" + mode, 1024 * 1024 + 7)
+    started = time.monotonic()
+    got_continue, status, fields, body = conformance.expect_continue(
+        "PUT", f"{proxy.url}/v2/{mode}/app/blobs/uploads/u1?digest={images.sha256_digest(data)}",
+        {"Content-Type": "application/octet-stream"}, data)
+    took = time.monotonic() - started
+    assert got_continue and status == 201, (got_continue, status, body)
+    assert fields["x-saw-expect"] == "yes"
+    assert fields["docker-content-digest"] == images.sha256_digest(data)  # the whole body, once
+    if mode == "eager":
+        assert took < 1, f"the upstream said 100 at once, the client was held {took:.1f}s"
+    else:
+        # late: its 100 came during the body and was dropped, not taken for the answer;
+        # silent: the body went after a second without one.
+        assert took >= 1, took
+    checks.assert_healthy(proxy)
