@@ -10,8 +10,9 @@
 // credential (hashed by the caller). Background fetches (stargz-snapshotter's background fetcher,
 // nydusd's prefetch-all) read a layer from its first byte on, in order, skipping what is cached:
 // every such request starts inside or at the end of the contiguous prefix the client has
-// fetched already. When three or more of a start-up's requests for a blob extend that prefix,
-// all of them are taken as background and left out (docs/DECISIONS.md, "Learned prefetch").
+// fetched already. When six or more of a start-up's requests for a blob extend that prefix,
+// all of them are taken as background and left out; fewer are a start-up reading the first
+// files of a layer (a binary, then its library) (docs/DECISIONS.md, "Learned prefetch").
 #pragma once
 
 #include <cstdint>
@@ -86,7 +87,7 @@ class StartupRecorder {
   // A start-up is complete this long after its window ends (requests still in flight).
   static constexpr int64_t kGraceMs = 500;
   // Requests for a blob that extend its fetched prefix this often are a background scan.
-  static constexpr size_t kScanRequests = 3;
+  static constexpr size_t kScanRequests = 6;
 
  private:
   struct ClientLog {

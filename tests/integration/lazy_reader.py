@@ -44,6 +44,7 @@ class Client:
         self.conn = None
         self.lock = threading.Lock()  # one request at a time on the connection
         self.log = []  # (repo path kind, digest or ref, Range header or None)
+        self.received = 0  # body bytes
 
     def _connect(self):
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
@@ -70,6 +71,7 @@ class Client:
                         raise
             if record is not None:
                 self.log.append(record)
+            self.received += len(body)
             return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), body
 
     def manifest(self, repo, reference, headers=None):

@@ -112,8 +112,8 @@ def estargz_startup(proxy, auth, files, repo=REPO, background=True):
     layer = lr.EstargzLayer(client, repo, manifest["layers"][0]).open()
     layer.prefetch()
     stop, thread = threading.Event(), None
-    if background:  # six windows from the first byte, while the files are read
-        thread = threading.Thread(target=lr.background_scan, args=(layer, stop), kwargs={"pace": 0.04, "steps": 6})
+    if background:  # eight windows from the first byte, while the files are read
+        thread = threading.Thread(target=lr.background_scan, args=(layer, stop), kwargs={"pace": 0.04, "steps": 8})
         thread.start()
     for path in files:
         assert layer.has(path), path
@@ -133,7 +133,7 @@ def nydus_startup(proxy, auth, files, repo=REPO, background=True):
     stop, thread = threading.Event(), None
     if background:
         thread = threading.Thread(target=lr.background_prefetch_all, args=(image, stop),
-                                  kwargs={"run": 100_000, "pace": 0.04, "steps": 6})
+                                  kwargs={"run": 60_000, "pace": 0.04, "steps": 8})
         thread.start()
     for path in files:
         assert image.has(path), path
@@ -207,7 +207,8 @@ def test_estargz_learned_and_optimized(proxy, source, estargz_learned):
     assert image["files"] == SHARED
     assert image["startups_agreeing"] == 2 and image["startups_recorded"] == 2
     # The background fetches were there, and left out.
-    assert sum(background_lines(proxy, "estargz")) >= 6, background_lines(proxy, "estargz")
+    lines = background_lines(proxy, "estargz")
+    assert len(lines) >= 2 and min(lines[:2]) >= 8, lines
 
     new, image = optimize(proxy, source, "estargz", old)
     assert image["files"] == SHARED
@@ -233,7 +234,8 @@ def test_nydus_learned_and_optimized(proxy, source, nydus_learned):
     old, image = nydus_learned
     assert image["files"] == SHARED
     assert image["startups_agreeing"] == 2
-    assert sum(background_lines(proxy, "nydus")) >= 6, background_lines(proxy, "nydus")
+    lines = background_lines(proxy, "nydus")
+    assert len(lines) >= 2 and min(lines[:2]) >= 8, lines
 
     new, image = optimize(proxy, source, "nydus", old)
     client = lr.Client(proxy.url, AUTH["carol"])

@@ -94,32 +94,40 @@ TEST_CASE("a start-up: from the first index read, for the window, files in first
 TEST_CASE("a background scan interleaved with a start-up changes nothing", "[learn]") {
   StartupRecorder recorder(kWindow);
   FakeCatalog catalog;
+  catalog.index = std::make_shared<convert::FileIndex>(*test_index());
+  // Files of 50 bytes from 0 to 900 here: /a../f, then /big.
+  catalog.index->spans.clear();
+  catalog.index->paths = {"/a", "/b", "/c", "/d", "/e", "/f", "/g", "/h", "/i", "/j", "/k", "/l", "/big"};
+  for (uint32_t i = 0; i < 12; ++i) catalog.index->spans.push_back({50 * i, 50 * (i + 1), i});
+  catalog.index->spans.push_back({600, 900, 12});
   recorder.record("k1", manifest(0));
   recorder.record("k1", footer(1));
-  recorder.record("k1", blob(2, {{0, 100}}));     // scan
-  recorder.record("k1", blob(3, {{400, 500}}));   // e, on demand
-  recorder.record("k1", blob(4, {{100, 200}}));   // scan
-  recorder.record("k1", blob(5, {{200, 300}}));   // scan
-  recorder.record("k1", blob(6, {{300, 400}}));   // scan (e is cached: skipped next)
+  recorder.record("k1", blob(2, {{0, 50}}));      // scan
+  recorder.record("k1", blob(3, {{200, 250}}));   // e, on demand
+  recorder.record("k1", blob(4, {{50, 100}}));    // scan
+  recorder.record("k1", blob(5, {{100, 150}}));   // scan
+  recorder.record("k1", blob(6, {{150, 200}}));   // scan (e is cached: skipped next)
   recorder.record("k1", blob(7, {{700, 800}}));   // big, on demand
-  recorder.record("k1", blob(8, {{500, 700}}));   // scan
+  recorder.record("k1", blob(8, {{250, 300}}));   // scan
+  recorder.record("k1", blob(9, {{300, 350}}));   // scan
+  recorder.record("k1", blob(10, {{350, 400}}));  // scan
   auto got = recorder.collect(10'000, catalog);
   REQUIRE(got.size() == 1);
   CHECK(got[0].files == std::vector<std::string>{"/e", "/big"});
-  CHECK(got[0].background_reads == 5);
+  CHECK(got[0].background_reads == 7);
   CHECK(got[0].reads == 2);
 }
 
-TEST_CASE("two reads from the blob's start are not yet a scan", "[learn]") {
+TEST_CASE("a start-up reading the first files of a layer in order is not a scan", "[learn]") {
   StartupRecorder recorder(kWindow);
   FakeCatalog catalog;
   recorder.record("k1", manifest(0));
   recorder.record("k1", footer(1));
-  recorder.record("k1", blob(2, {{0, 100}}));
-  recorder.record("k1", blob(3, {{100, 200}}));
+  for (int i = 0; i < 5; ++i) recorder.record("k1", blob(2 + i, {{100 * i, 100 * (i + 1)}}));
   auto got = recorder.collect(10'000, catalog);
   REQUIRE(got.size() == 1);
-  CHECK(got[0].files == std::vector<std::string>{"/a", "/b"});
+  CHECK(got[0].files == std::vector<std::string>{"/a", "/b", "/c", "/d", "/e"});
+  CHECK(got[0].background_reads == 0);
 }
 
 TEST_CASE("windowed reads count the file that needed them, not its neighbours", "[learn]") {
