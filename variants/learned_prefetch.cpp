@@ -202,7 +202,11 @@ void LearnedPrefetch::run() {
     }
     std::vector<Startup> startups;
     try {
-      startups = recorder_.collect(now_ms(), *catalog_);
+      startups = recorder_.collect(now_ms(), *catalog_, [this](const std::string& image) {
+        std::lock_guard lock(mutex_);
+        const auto* record = learner_.find(image);
+        return !record || record->state == LearnedImage::State::learning;
+      });
     } catch (const std::exception& e) {
       spdlog::warn("prefetch: collecting start-ups failed: {}", e.what());
     }

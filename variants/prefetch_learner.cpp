@@ -52,10 +52,17 @@ std::vector<std::string> PrefetchLearner::agreed(const std::vector<const Startup
   return out;
 }
 
+size_t PrefetchLearner::files_in(const LearnedImage& image) {
+  size_t n = 0;
+  for (const auto& [client, s] : image.startups) n += s.files.size();
+  return n;
+}
+
 bool PrefetchLearner::add(const Startup& startup, int64_t now_ms) {
   auto& image = images_[startup.image];
   image.updated_ms = now_ms;
   if (image.state != LearnedImage::State::learning) return false;
+  files_ -= files_in(image);
   image.startups[startup.client] = startup;
   if (image.startups.size() > limits_.startups_per_image) {
     auto oldest = std::min_element(image.startups.begin(), image.startups.end(), [](const auto& a, const auto& b) {
@@ -68,10 +75,11 @@ bool PrefetchLearner::add(const Startup& startup, int64_t now_ms) {
   size_t agreeing = 0;
   image.files = agreed(all, limits_.startups, agreeing);
   image.agreeing = agreeing;
-  bool learned = !image.files.empty() && static_cast<int>(image.startups.size()) >= limits_.startups;
+  const bool learned = !image.files.empty() && static_cast<int>(image.startups.size()) >= limits_.startups;
   if (learned) image.state = LearnedImage::State::learned;
-  bound();
-  return learned && images_.count(startup.image);
+  files_ += files_in(image);
+  bound(startup.image);
+  return learned;
 }
 
 const LearnedImage* PrefetchLearner::find(const std::string& image) const {
@@ -85,8 +93,10 @@ LearnedImage* PrefetchLearner::find(const std::string& image) {
 }
 
 void PrefetchLearner::put(const std::string& image, LearnedImage record) {
+  if (auto old = images_.find(image); old != images_.end()) files_ -= files_in(old->second);
+  files_ += files_in(record);
   images_[image] = std::move(record);
-  bound();
+  bound(image);
 }
 
 std::vector<std::string> PrefetchLearner::take_dropped() {
@@ -95,13 +105,23 @@ std::vector<std::string> PrefetchLearner::take_dropped() {
   return out;
 }
 
-void PrefetchLearner::bound() {
-  while (images_.size() > limits_.images) {
-    auto oldest = std::min_element(images_.begin(), images_.end(), [](const auto& a, const auto& b) {
-      return a.second.updated_ms < b.second.updated_ms;
-    });
-    dropped_.push_back(oldest->first);
-    images_.erase(oldest);
+void PrefetchLearner::bound(const std::string& keep) {
+  while (images_.size() > limits_.images || files_ > limits_.files) {
+    auto victim = images_.end();
+    for (auto it = images_.begin(); it != images_.end(); ++it) {
+      if (it->first == keep) continue;
+      const bool learning = it->second.state == LearnedImage::State::learning;
+      if (victim == images_.end()) {
+        victim = it;
+        continue;
+      }
+      const bool victim_learning = victim->second.state == LearnedImage::State::learning;
+      if (learning != victim_learning ? learning : it->second.updated_ms < victim->second.updated_ms) victim = it;
+    }
+    if (victim == images_.end()) return;
+    files_ -= files_in(victim->second);
+    dropped_.push_back(victim->first);
+    images_.erase(victim);
   }
 }
 

@@ -36,8 +36,10 @@ const char* state_name(LearnedImage::State state);
 
 struct LearnerLimits {
   int startups = 2;                 // agreeing start-ups needed
-  size_t images = 4096;             // images tracked; the least recently updated go first
-  size_t startups_per_image = 64;   // clients' votes kept per image; the oldest go first
+  size_t images = 4096;             // images tracked; the least recently updated go first,
+                                    // those still learning before the others
+  size_t startups_per_image = 16;   // clients' votes kept per image; the oldest go first
+  size_t files = 1 << 20;           // file names kept in all votes (about 100 MB at most)
 };
 
 class PrefetchLearner {
@@ -67,9 +69,13 @@ class PrefetchLearner {
   static std::optional<LearnedImage> decode(std::string_view value);
 
  private:
-  void bound();
+  // Drops images (learning ones first, least recently updated first) until within the limits,
+  // never `keep`.
+  void bound(const std::string& keep = {});
+  static size_t files_in(const LearnedImage& image);
 
   LearnerLimits limits_;
+  size_t files_ = 0;  // file names in all votes
   std::map<std::string, LearnedImage> images_;
   std::vector<std::string> dropped_;
 };

@@ -76,7 +76,8 @@ size_t StartupRecorder::pending_events() const {
   return n;
 }
 
-std::vector<Startup> StartupRecorder::collect(int64_t now_ms, LayerCatalog& catalog) {
+std::vector<Startup> StartupRecorder::collect(int64_t now_ms, LayerCatalog& catalog,
+                                              const std::function<bool(const std::string&)>& wanted) {
   std::unordered_map<std::string, ClientLog> taken;
   {
     std::lock_guard lock(mutex_);
@@ -98,6 +99,10 @@ std::vector<Startup> StartupRecorder::collect(int64_t now_ms, LayerCatalog& cata
     }
     std::vector<bool> consumed(events.size(), false);
     for (const auto& [image, t0] : starts) {
+      if (wanted && !wanted(image)) {
+        for (size_t i = 0; i < events.size(); ++i) consumed[i] = consumed[i] || (refs[i] && refs[i]->image == image);
+        continue;
+      }
       if (now_ms < t0 + span_ms) continue;  // still open
       const int64_t end_ms = t0 + window_ms_;
       std::vector<size_t> reads;  // this start-up's data requests, in time order

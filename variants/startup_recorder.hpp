@@ -78,9 +78,11 @@ class StartupRecorder {
   void record(const std::string& client, ReadEvent event);
 
   // The start-ups whose window has passed by `now_ms`, with at least one file read; their
-  // events are dropped, and so are events too old to belong to any start-up. One thread at a
+  // events are dropped, and so are events too old to belong to any start-up, and those of
+  // images `wanted` says no to (learned already: not mapped to files at all). One thread at a
   // time (the catalog is called without the recorder's lock held).
-  std::vector<Startup> collect(int64_t now_ms, LayerCatalog& catalog);
+  std::vector<Startup> collect(int64_t now_ms, LayerCatalog& catalog,
+                               const std::function<bool(const std::string& image)>& wanted = {});
 
   size_t pending_events() const;
 

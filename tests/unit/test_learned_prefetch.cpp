@@ -171,6 +171,16 @@ TEST_CASE("no start-up without an index read, for unknown blobs, or for a plain 
   }
 }
 
+TEST_CASE("images the caller does not want are dropped unmapped", "[learn]") {
+  StartupRecorder recorder(kWindow);
+  FakeCatalog catalog;
+  recorder.record("k1", manifest(0));
+  recorder.record("k1", footer(1));
+  recorder.record("k1", blob(2, {{0, 100}}));
+  CHECK(recorder.collect(2, catalog, [](const std::string&) { return false; }).empty());
+  CHECK(recorder.pending_events() == 0);
+}
+
 TEST_CASE("the recorder's memory is bounded", "[learn]") {
   RecorderLimits limits;
   limits.events_per_client = 4;
@@ -237,12 +247,28 @@ TEST_CASE("the learner's stored form and bounds", "[learn]") {
   LearnerLimits limits;
   limits.images = 2;
   PrefetchLearner learner(limits);
+  learner.put("optimized", *PrefetchLearner::decode(R"({"state":"optimized","files":["/a"],"updated_ms":0})"));
   for (int i = 0; i < 3; ++i) {
     auto s = startup("k1", {"/a"});
     s.image = "img" + std::to_string(i);
-    learner.add(s, i);
+    learner.add(s, i + 1);
   }
+  // Learning images go first, however recent the optimized one is.
   CHECK(learner.images().size() == 2);
-  CHECK_FALSE(learner.find("img0"));
-  CHECK(learner.take_dropped() == std::vector<std::string>{"img0"});
+  CHECK(learner.find("optimized"));
+  CHECK(learner.find("img2"));
+  CHECK(learner.take_dropped() == std::vector<std::string>{"img0", "img1"});
+
+  // And the file names kept in votes are bounded too.
+  LearnerLimits few;
+  few.files = 5;
+  PrefetchLearner small(few);
+  auto a = startup("k1", {"/1", "/2", "/3"});
+  a.image = "a";
+  auto b = startup("k1", {"/4", "/5", "/6"});
+  b.image = "b";
+  small.add(a, 1);
+  small.add(b, 2);
+  CHECK_FALSE(small.find("a"));
+  CHECK(small.find("b"));
 }
