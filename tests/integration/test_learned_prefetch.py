@@ -17,6 +17,7 @@ acceptance 1), for an eStargz and a Nydus variant of one image:
 5. A restart keeps the learned list and the optimized variant; /metrics counts optimizations.
 6. A repository with a prefetch rule in the config: its start-ups are learned, but the config
    wins (state `configured`, nothing converted).
+7. Off (`learn_prefetch.enabled: false`): no API, no metrics, nothing learned.
 """
 import base64
 import hashlib
@@ -292,3 +293,12 @@ def test_the_api_checks_its_input(proxy, source):
     assert requests.get(f"{proxy.url}/api/prefetch/reg/{REPO}@sha256:{'0' * 64}", timeout=10).status_code == 404
     assert requests.get(f"{proxy.url}/api/prefetch/reg/{REPO}@nonsense", timeout=10).status_code == 400
     assert requests.post(f"{proxy.url}/api/prefetch", timeout=10).status_code == 405
+
+
+def test_off_records_nothing(tmp_path, registry, source):
+    variants = ve.variants_config(on_miss="wait", learn_prefetch={"enabled": False})
+    with ve.running_variant_proxy(tmp_path, [upstream("reg", registry.url)], variants) as off:
+        estargz_startup(off, AUTH["alice"], READ_1, background=False)
+        resp = requests.get(f"{off.url}/api/prefetch", timeout=10)
+        assert resp.status_code == 404
+        assert "accel_proxy_prefetch" not in requests.get(f"{off.url}/metrics", timeout=10).text
