@@ -59,6 +59,7 @@ REPO = "bench/python"
 TAG = "1"
 CTR_TAG = "ctr-remote"
 COMMAND = ["/usr/bin/python3", "-c", "pass"]
+IMAGE_PATH = "/usr/local/bin:/usr/bin:/bin"
 TARGET_VS_FIRST = 0.75
 TARGET_VS_CTR = 1.1
 BASE_TARBALLS = [os.environ.get("ACCEL_BASE_TARBALL", ""),
@@ -160,8 +161,10 @@ def record_startup(rootfs, tmp):
     it in a chroot of the image's tree (opens after its execve; the binary and its loader, which
     exec opens, first)."""
     trace = os.path.join(tmp, "strace.log")
+    # The environment a container gets (the image's PATH, and HOME, which containerd sets):
+    # without HOME python looks the user up in /etc/passwd.
     p = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,open,execve", "-o", trace,
-                        "env", "-i", "PATH=/usr/bin:/bin", "/usr/sbin/chroot", rootfs, *COMMAND],
+                        "env", "-i", f"PATH={IMAGE_PATH}", "HOME=/root", "/usr/sbin/chroot", rootfs, *COMMAND],
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise SetupError(f"{' '.join(COMMAND)} in the image's tree failed ({p.returncode}): {p.stderr[-500:]}")
@@ -345,7 +348,7 @@ class Bench:
                            "digest": self.push_blob(gz), "size": len(gz)})
             diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
         config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Cmd": COMMAND, "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+                             "config": {"Cmd": COMMAND, "Env": [f"PATH={IMAGE_PATH}"]},
                              "rootfs": {"type": "layers", "diff_ids": diff_ids}}, sort_keys=True).encode()
         cdesc = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": self.push_blob(config),
                  "size": len(config)}
