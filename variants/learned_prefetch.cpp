@@ -181,14 +181,14 @@ std::vector<std::string> LearnedPrefetch::optimized_files(const ConversionKey& k
   return record->files;
 }
 
-void LearnedPrefetch::variant_requested(const ConversionKey& key, const RegistryAccess& access) {
+void LearnedPrefetch::variant_requested(const ConversionKey& key, const std::function<RegistryAccess()>& access) {
   const std::string image = image_key(key);
   {
     std::lock_guard lock(mutex_);
     const auto* record = learner_.find(image);
     if (!record || record->state != LearnedImage::State::learned) return;
   }
-  optimize(image, access);
+  optimize(image, access());
 }
 
 void LearnedPrefetch::run() {

@@ -11,6 +11,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,7 +40,8 @@ class LearnedPrefetch : public std::enable_shared_from_this<LearnedPrefetch> {
   void served(const std::string& client, ReadEvent event);
   // A variant request for `key` passed its read check: a learned image waiting for its
   // optimization (no robot account to convert with) starts it with this client's access.
-  void variant_requested(const ConversionKey& key, const RegistryAccess& access);
+  // `access` is only called then.
+  void variant_requested(const ConversionKey& key, const std::function<RegistryAccess()>& access);
   // The learned list a conversion of `key` takes (the optimized image's), or empty.
   std::vector<std::string> optimized_files(const ConversionKey& key) const;
 

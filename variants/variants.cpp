@@ -365,10 +365,13 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
   const ConversionKey key{upstream.name, route.repository, source_digest, ask.format};
   const std::string cache_key = conversions.cache_key(key);
   const std::string scope = upstream.name + "/" + route.repository;
-  RegistryAccess access;
-  access.upstream = upstream;
-  access.repository = route.repository;
-  access.authorization = std::string(request[http::field::authorization]);
+  auto access = [&] {
+    RegistryAccess a;
+    a.upstream = upstream;
+    a.repository = route.repository;
+    a.authorization = std::string(request[http::field::authorization]);
+    return a;
+  };
   // A learned prefetch list waiting for a client to convert with (no robot account): this one.
   if (auto* learned = ctx.variants->learned()) learned->variant_requested(key, access);
   Served served;
@@ -378,7 +381,7 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
   }
 
   ctx.metrics.add("accel_proxy_cache_misses_total", {{"format", ask.format}});
-  auto job = conversions.start(key, access, looks_like_digest(ask.source_reference) ? "" : ask.source_reference);
+  auto job = conversions.start(key, access(), looks_like_digest(ask.source_reference) ? "" : ask.source_reference);
   const auto policy = ctx.config.variants.on_miss;
   if (job && policy != VariantsConfig::OnMiss::reject)
     co_await wait_for(job, policy == VariantsConfig::OnMiss::wait ? ctx.config.variants.wait_limit : ctx.config.variants.wait);
