@@ -11,6 +11,7 @@
 //                      mappings without scanning them all. Derived: rebuilt at every open.
 //   tags               key -> TagEntry
 //   failures           key -> FailureRecord
+//   notes              key -> the caller's value (opaque)
 //   members            digest + NUL + scope -> proof (removed with the blob; see put_member)
 #include "cache/cache.hpp"
 
@@ -42,7 +43,7 @@ constexpr size_t kTouchBatch = 1024;
 constexpr int64_t kTouchMaxAgeMs = 30'000;
 // LMDB keys are at most 511 bytes, and a blob_refs value is one byte more than a mapping key.
 constexpr size_t kMaxKeyBytes = 500;
-constexpr unsigned kDatabaseCount = 7;
+constexpr unsigned kDatabaseCount = 8;
 
 int64_t unix_ms(std::chrono::system_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
@@ -138,7 +139,7 @@ struct Cache::Impl {
   DirectoryLock lock;
   BlobStore store;
   lmdb::Index index;
-  MDB_dbi blobs, blob_refs, tags, failures, members;
+  MDB_dbi blobs, blob_refs, tags, failures, members, notes;
   MappingTable manifests, layers;
   std::atomic<uint64_t> total_bytes{0};
   // Held while a blob's file and entry change together (install, removal) and by check(), so
@@ -159,6 +160,7 @@ Cache::Impl::Impl(const std::string& dir, CacheLimits limits_, Clock clock_)
       tags(index.open_db("tags")),
       failures(index.open_db("failures")),
       members(index.open_db("members")),
+      notes(index.open_db("notes")),
       manifests{index.open_db("manifest_variants"), 'm', "manifest variant"},
       layers{index.open_db("layer_variants"), 'l', "layer variant"},
       touches(kTouchBatch, kTouchMaxAgeMs, now_ms()) {
@@ -652,6 +654,36 @@ std::optional<FailureRecord> Cache::failure(const std::string& key) {
 void Cache::clear_failure(const std::string& key) {
   if (key.empty() || key.size() > kMaxKeyBytes) return;
   impl_->index.write([&](lmdb::Txn& txn) { txn.del(impl_->failures, key); });
+}
+
+void Cache::put_note(const std::string& key, const std::string& value) {
+  check_key(key, "note");
+  impl_->index.write([&](lmdb::Txn& txn) { txn.put(impl_->notes, key, value); });
+}
+
+std::optional<std::string> Cache::note(const std::string& key) {
+  if (key.empty() || key.size() > kMaxKeyBytes) return std::nullopt;
+  return impl_->index.read([&](lmdb::Txn& txn) -> std::optional<std::string> {
+    auto value = txn.get(impl_->notes, key);
+    if (!value) return std::nullopt;
+    return std::string(*value);
+  });
+}
+
+std::vector<std::pair<std::string, std::string>> Cache::notes(const std::string& prefix) {
+  return impl_->index.read([&](lmdb::Txn& txn) {
+    std::vector<std::pair<std::string, std::string>> out;
+    txn.scan(impl_->notes, prefix, [&](std::string_view key, std::string_view value) {
+      out.emplace_back(key, value);
+      return true;
+    });
+    return out;
+  });
+}
+
+void Cache::drop_note(const std::string& key) {
+  if (key.empty() || key.size() > kMaxKeyBytes) return;
+  impl_->index.write([&](lmdb::Txn& txn) { txn.del(impl_->notes, key); });
 }
 
 uint64_t Cache::total_bytes() { return impl_->total_bytes; }

@@ -145,6 +145,14 @@ class Cache {
   // deleted by digest takes the tags naming it with it).
   void drop_tags_naming(const std::string& prefix, const std::string& digest);
 
+  // --- notes: small values a caller keeps across restarts (learned prefetch lists). They name
+  // no blob and are never evicted with one: the caller bounds how many it keeps.
+  void put_note(const std::string& key, const std::string& value);
+  std::optional<std::string> note(const std::string& key);
+  // Every note whose key starts with `prefix`, in key order.
+  std::vector<std::pair<std::string, std::string>> notes(const std::string& prefix);
+  void drop_note(const std::string& key);
+
   // --- failures, for backoff
   void put_failure(const std::string& key, const FailureRecord& record);
   std::optional<FailureRecord> failure(const std::string& key);

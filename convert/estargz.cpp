@@ -4,6 +4,8 @@
 #include <cstring>
 #include <ctime>
 #include <openssl/evp.h>
+#include <functional>
+#include <map>
 #include <set>
 #include <unistd.h>
 
@@ -331,6 +333,102 @@ void spool_entry(TarWriter& spool, const TarEntry& entry, TarReader& reader) {
   spool.pad();
 }
 
+std::string without_slashes(std::string_view name) {
+  name = clean_name(name);
+  while (!name.empty() && name.back() == '/') name.remove_suffix(1);
+  return std::string(name);
+}
+
+// A scratch file in `dir`, removed with this object.
+struct SpoolFile {
+  explicit SpoolFile(const std::string& dir) : path(dir + "/accel-spool-XXXXXX") {
+    int fd = ::mkstemp(path.data());
+    if (fd < 0) throw ConvertError("cannot create a spool file in " + dir);
+    ::close(fd);
+  }
+  ~SpoolFile() { ::unlink(path.c_str()); }
+  std::string path;
+};
+
+// The prioritized layout, as the reference builder's sortEntries does it: each listed path in
+// list order (the order a start-up first read them), its parent directories and a hardlink's
+// target before it, then the prefetch landmark, then everything else in stream order. The
+// prioritized entries wait in a small spool of their own (read back by offset, in list order),
+// the rest in an uncompressed spool file (never in memory).
+template <class Writer, class OwnedByWriter>
+void write_prioritized(Writer& writer, TarReader& reader, const LayerOptions& options, OwnedByWriter owned_by_writer) {
+  const auto wanted = prioritized_set(options.prioritized_files);
+  SpoolFile head_file(options.work_dir), rest_file(options.work_dir);
+  std::map<std::string, uint64_t> head;  // name -> its entry's offset in the head spool (a later duplicate wins)
+  std::map<std::string, std::string> links;  // prioritized hardlink -> target
+  {
+    FileSink head_sink(head_file.path, FileSink::Durability::scratch), rest_sink(rest_file.path, FileSink::Durability::scratch);
+    TarWriter head_spool(head_sink), rest_spool(rest_sink);
+    TarEntry entry;
+    while (reader.next(entry)) {
+      if (owned_by_writer(entry.name)) continue;
+      if (!is_prioritized(wanted, entry.name)) {
+        spool_entry(rest_spool, entry, reader);
+        continue;
+      }
+      const std::string name = without_slashes(entry.name);
+      head[name] = head_spool.bytes_written();
+      if (entry.type == EntryType::hardlink) links[name] = without_slashes(entry.link_name);
+      spool_entry(head_spool, entry, reader);
+    }
+    head_spool.finish();
+    rest_spool.finish();
+    head_sink.commit();
+    rest_sink.commit();
+  }
+  // A prioritized hardlink's target (and its parents) that is not prioritized itself is moved
+  // up too, into a spool of its own: a hardlink must follow its target for the tar to extract.
+  std::set<std::string, std::less<>> moved_up;
+  for (const auto& [link, target] : links)
+    if (!head.count(target))
+      for (const auto& name : prioritized_set({target}))
+        if (!head.count(name)) moved_up.insert(name);
+  SpoolFile moved_file(options.work_dir);
+  std::map<std::string, uint64_t> moved;  // name -> offset in the moved spool
+  if (!moved_up.empty()) {
+    FileSink moved_sink(moved_file.path, FileSink::Durability::scratch);
+    TarWriter moved_spool(moved_sink);
+    FileSource spooled(rest_file.path);
+    TarReader rest(spooled);
+    TarEntry entry;
+    while (rest.next(entry)) {
+      const std::string name = without_slashes(entry.name);
+      if (!moved_up.count(name)) continue;
+      moved[name] = moved_spool.bytes_written();
+      spool_entry(moved_spool, entry, rest);
+    }
+    moved_spool.finish();
+    moved_sink.commit();
+  }
+  std::set<std::string> written;
+  std::function<void(const std::string&)> put = [&](const std::string& name) {
+    const bool in_head = head.count(name) > 0;
+    if ((!in_head && !moved.count(name)) || !written.insert(name).second) return;
+    for (size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', slash + 1))
+      put(name.substr(0, slash));
+    if (auto link = links.find(name); link != links.end()) put(link->second);
+    FileSource spooled(in_head ? head_file.path : moved_file.path, in_head ? head[name] : moved[name]);
+    TarReader one(spooled);
+    TarEntryContent content(one);
+    TarEntry entry;
+    if (!one.next(entry)) throw ConvertError("prioritized spool entry lost: " + name);
+    writer.add_entry(entry, content);
+  };
+  for (const auto& f : options.prioritized_files) put(without_slashes(f));
+  writer.add_landmark(kPrefetchLandmark);
+  FileSource spooled(rest_file.path);
+  TarReader rest(spooled);
+  TarEntryContent rest_content(rest);
+  TarEntry entry;
+  while (rest.next(entry))
+    if (!moved_up.count(without_slashes(entry.name))) writer.add_entry(entry, rest_content);
+}
+
 }  // namespace
 
 ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const {
@@ -352,33 +450,7 @@ ConvertedLayer EstargzFormat::convert_layer(ByteSource& tar, ByteSink& out, cons
     while (reader.next(entry))
       if (!owned_by_writer(entry.name)) writer.add_entry(entry, content);
   } else {
-    // Prioritized entries go first, in stream order; the rest wait in an uncompressed spool
-    // file (never in memory) and follow the prefetch landmark.
-    auto wanted = prioritized_set(options.prioritized_files);
-    std::string spool_path = options.work_dir + "/accel-spool-XXXXXX";
-    int fd = ::mkstemp(spool_path.data());
-    if (fd < 0) throw ConvertError("cannot create a spool file in " + options.work_dir);
-    ::close(fd);
-    struct Remove {
-      std::string path;
-      ~Remove() { ::unlink(path.c_str()); }
-    } remove{spool_path};
-    {
-      FileSink spool_file(spool_path, FileSink::Durability::scratch);
-      TarWriter spool(spool_file);
-      while (reader.next(entry)) {
-        if (owned_by_writer(entry.name)) continue;
-        if (is_prioritized(wanted, entry.name)) writer.add_entry(entry, content);
-        else spool_entry(spool, entry, reader);
-      }
-      spool.finish();
-      spool_file.commit();
-    }
-    writer.add_landmark(kPrefetchLandmark);
-    FileSource spooled(spool_path);
-    TarReader rest(spooled);
-    TarEntryContent rest_content(rest);
-    while (rest.next(entry)) writer.add_entry(entry, rest_content);
+    write_prioritized(writer, reader, options, owned_by_writer);
   }
   auto result = writer.finish();
 

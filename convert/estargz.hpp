@@ -20,6 +20,8 @@ class EstargzFormat : public LayerFormat {
     return "chunk=" + std::to_string(options.chunk_size) + ",level=" + std::to_string(options.compression_level);
   }
   ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const override;
+  std::optional<FileIndex> file_index(const nlohmann::json& layer_descriptor, uint64_t blob_size,
+                                      const ReadBlobAt& read) const override;  // estargz_index.cpp
 };
 
 // The footer: an empty gzip member whose extra field names the TOC member's offset.

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "convert/byte_source.hpp"
+#include "convert/file_index.hpp"
 
 namespace accel::convert {
 
@@ -22,9 +23,11 @@ struct LayerOptions {
   unsigned threads = 1;            // compression threads; output is the same for any value
   int compression_level = 6;       // format-specific meaning
   uint64_t chunk_size = 4 << 20;   // eStargz: bytes per chunk of a large file
-  std::vector<std::string> prioritized_files;  // eStargz: paths to place first (prefetch)
+  // Paths loaded first, in this order (prefetch): eStargz places them before its prefetch
+  // landmark, Nydus first in each blob and in the bootstrap's prefetch table.
+  std::vector<std::string> prioritized_files;
   uint64_t max_uncompressed_bytes = uint64_t{64} << 30;  // a layer expanding past this is refused
-  std::string work_dir = "/tmp";  // for spool files (eStargz with prioritized files)
+  std::string work_dir = "/tmp";  // for spool files (prioritized files)
   struct Nydus {
     uint32_t chunk_size = 1 << 20;    // bytes per chunk of file content (a power of two)
     std::string compressor = "zstd";  // "zstd", "lz4_block" or "none"
@@ -73,6 +76,14 @@ class LayerFormat {
   // Converts one layer. `tar` yields the source layer's uncompressed tar; the new blob goes to
   // `out`. Throws ConvertError on malformed input.
   virtual ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const = 0;
+
+  // The file index of one of this format's layer blobs (file_index.hpp), read through `read`;
+  // nullopt when `layer_descriptor` (the layer's manifest entry) is not such a layer. Throws
+  // ConvertError on a malformed blob.
+  virtual std::optional<FileIndex> file_index(const nlohmann::json& layer_descriptor, uint64_t blob_size,
+                                              const ReadBlobAt& read) const {
+    return std::nullopt;
+  }
 
   // The image-level step, called once per image manifest after its last layer with every
   // layer in manifest order (converted, reused or kept as it was). Formats whose layers stand

@@ -125,6 +125,13 @@ class LayerTree {
     paths_[path] = it->second;
   }
 
+  // Points every regular file at the blob writer's handle `to[i]` for the file it was added
+  // with as `i` (its content was spooled and written later, in another order).
+  void remap_files(const std::vector<uint32_t>& to) {
+    for (auto& n : nodes_)
+      if (n.blob_file) n.blob_file = to.at(*n.blob_file);
+  }
+
   // Chunk references for every regular file, from the blob writer once its data is closed.
   void set_chunks(const nydus::BlobWriter& writer) {
     for (auto& n : nodes_)
@@ -415,18 +422,88 @@ ConvertedLayer NydusFormat::convert_layer(ByteSource& tar, ByteSink& out, const 
   limits.max_entry_bytes = options.max_uncompressed_bytes;
   TarReader reader(tar, limits);
   TarEntry entry;
-  while (reader.next(entry)) {
-    std::string path = clean_path(entry.name);
-    if (entry.type == EntryType::hardlink) {
-      tree.add_hardlink(entry, path, clean_path(entry.link_name));
-      continue;
+  if (options.prioritized_files.empty()) {
+    while (reader.next(entry)) {
+      std::string path = clean_path(entry.name);
+      if (entry.type == EntryType::hardlink) {
+        tree.add_hardlink(entry, path, clean_path(entry.link_name));
+        continue;
+      }
+      std::optional<uint32_t> file;
+      if (entry.type == EntryType::regular) {
+        TarEntryContent content(reader);
+        file = writer.add_file(content, entry.size);
+      }
+      tree.add(entry, path, file);
     }
-    std::optional<uint32_t> file;
-    if (entry.type == EntryType::regular) {
-      TarEntryContent content(reader);
-      file = writer.add_file(content, entry.size);
+  } else {
+    // Prioritized files' chunks go first in the blob, in list order, so the prefetch table's
+    // files are one contiguous range a puller fetches in one request (as nydus-image lays out
+    // a blob with a prefetch list). Contents wait in an uncompressed spool file meanwhile.
+    struct Spooled {
+      uint64_t offset, size;
+    };
+    std::vector<Spooled> spooled;
+    std::unordered_map<std::string, uint32_t> file_at;  // path -> its content's spool index (last entry wins)
+    std::string spool_path = options.work_dir + "/accel-spool-XXXXXX";
+    int fd = ::mkstemp(spool_path.data());
+    if (fd < 0) throw ConvertError("cannot create a spool file in " + options.work_dir);
+    ::close(fd);
+    struct Remove {
+      std::string path;
+      ~Remove() { ::unlink(path.c_str()); }
+    } remove{spool_path};
+    {
+      FileSink spool(spool_path, FileSink::Durability::scratch);
+      uint64_t at = 0;
+      std::vector<char> buf(1 << 20);
+      while (reader.next(entry)) {
+        std::string path = clean_path(entry.name);
+        if (entry.type == EntryType::hardlink) {
+          std::string target = clean_path(entry.link_name);
+          tree.add_hardlink(entry, path, target);
+          if (auto it = file_at.find(target); it != file_at.end()) file_at[path] = it->second;
+          continue;
+        }
+        std::optional<uint32_t> file;
+        if (entry.type == EntryType::regular) {
+          file = static_cast<uint32_t>(spooled.size());
+          spooled.push_back({at, entry.size});
+          uint64_t left = entry.size;
+          while (left > 0) {
+            size_t n = reader.read(buf.data(), static_cast<size_t>(std::min<uint64_t>(left, buf.size())));
+            if (n == 0) throw ConvertError("tar entry '" + entry.name + "' is shorter than its size");
+            spool.write(buf.data(), n);
+            left -= n;
+          }
+          at += entry.size;
+          file_at[path] = *file;
+        } else {
+          file_at.erase(path);
+        }
+        tree.add(entry, path, file);
+      }
+      spool.commit();
     }
-    tree.add(entry, path, file);
+    std::vector<uint32_t> handle(spooled.size());
+    std::vector<bool> added(spooled.size(), false);
+    auto add = [&](uint32_t i) {
+      if (added[i]) return;
+      added[i] = true;
+      FileSource content(spool_path, spooled[i].offset);
+      handle[i] = writer.add_file(content, spooled[i].size);
+    };
+    for (const auto& f : options.prioritized_files) {
+      std::string path;
+      try {
+        path = clean_path(f);
+      } catch (const ConvertError&) {
+        continue;  // a path no layer can hold ("..")
+      }
+      if (auto it = file_at.find(path); it != file_at.end()) add(it->second);
+    }
+    for (uint32_t i = 0; i < spooled.size(); ++i) add(i);
+    tree.remap_files(handle);
   }
   rafs::BlobInfo info = writer.close_data();
   tree.set_chunks(writer);

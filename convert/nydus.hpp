@@ -40,6 +40,8 @@ class NydusFormat : public LayerFormat {
   ConvertedLayer convert_layer(ByteSource& tar, ByteSink& out, const LayerOptions& options) const override;
   std::optional<AddedLayer> finish_image(const std::vector<ConvertedLayer>& layers, BlobReader& blobs,
                                          const LayerOptions& options) const override;
+  std::optional<FileIndex> file_index(const nlohmann::json& layer_descriptor, uint64_t blob_size,
+                                      const ReadBlobAt& read) const override;  // nydus_index.cpp
 };
 
 // Opens a blob at an offset (a target's or a source's blob, a file).

@@ -94,7 +94,7 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
 void parse_variants(const YAML::Node& v, VariantsConfig& out) {
   check_keys(v, "variants", {"enabled", "suffixes", "header", "on_miss", "wait", "wait_limit", "workers", "queue",
                              "authorization_ttl", "tag_ttl", "retry_backoff", "cache_max_bytes", "compression_level",
-                             "threads", "nydus", "prefetch", "max_image_bytes"});
+                             "threads", "nydus", "prefetch", "max_image_bytes", "learn_prefetch"});
   if (v["enabled"]) out.enabled = scalar<bool>(v["enabled"], "variants.enabled");
   if (auto s = v["suffixes"]) {
     if (!s.IsMap()) fail("variants.suffixes: expected a mapping of format to tag suffix");
@@ -149,6 +149,16 @@ void parse_variants(const YAML::Node& v, VariantsConfig& out) {
       if (rule.repositories.empty() || rule.files.empty()) fail(where + ": needs repositories and files");
       out.prefetch.push_back(std::move(rule));
     }
+  }
+  if (auto l = v["learn_prefetch"]) {
+    check_keys(l, "variants.learn_prefetch", {"enabled", "startups", "window"});
+    if (l["enabled"]) out.learn_prefetch.enabled = scalar<bool>(l["enabled"], "variants.learn_prefetch.enabled");
+    if (l["startups"]) out.learn_prefetch.startups = scalar<int>(l["startups"], "variants.learn_prefetch.startups");
+    if (l["window"]) out.learn_prefetch.window = duration_at(l["window"], "variants.learn_prefetch.window");
+    if (out.learn_prefetch.startups < 1 || out.learn_prefetch.startups > 64)
+      fail("variants.learn_prefetch.startups must be 1 to 64");
+    if (out.learn_prefetch.window < std::chrono::milliseconds(100) || out.learn_prefetch.window > std::chrono::minutes(10))
+      fail("variants.learn_prefetch.window must be 100ms to 10m");
   }
 }
 

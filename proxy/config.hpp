@@ -75,6 +75,15 @@ struct NydusSettings {
   int compression_level = 3;        // zstd's level
 };
 
+// Learned prefetch (variants/learned_prefetch.*): the files lazy pullers read in the first
+// `window` of a start-up are recorded, and once `startups` clients' start-ups agree the variant
+// is converted again with those files first.
+struct LearnPrefetch {
+  bool enabled = true;
+  int startups = 2;
+  Duration window{std::chrono::seconds(10)};
+};
+
 // Serving accelerated variants: how clients ask, what a miss does, and the cache's size.
 struct VariantsConfig {
   bool enabled = true;
@@ -94,6 +103,7 @@ struct VariantsConfig {
   unsigned threads = 0;  // compression threads per conversion, 0: one per core
   NydusSettings nydus;
   std::vector<PrefetchRule> prefetch;  // the first rule matching a repository applies
+  LearnPrefetch learn_prefetch;
 };
 
 // Pre-conversion on push (Harbor webhooks, distribution notifications).

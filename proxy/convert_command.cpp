@@ -50,8 +50,9 @@ Options:
   --max-layer-bytes N        refuse layers whose tar content expands past N bytes (default 64 GiB)
   --max-image-bytes N        refuse images whose layers to convert add up to more than N
                              compressed bytes, before reading any (default 64 GiB)
-  --prioritize FILE          paths (one per line) loaded first: eStargz places them before a
-                             .prefetch.landmark, Nydus writes them to the bootstrap's prefetch table
+  --prioritize FILE          paths (one per line) loaded first, in that order: eStargz places them
+                             before a .prefetch.landmark, Nydus first in each blob and in the
+                             bootstrap's prefetch table
   --prefetch FILE            the same as --prioritize
   --json                     print a one-line JSON summary instead of text
 )";
@@ -61,7 +62,7 @@ constexpr const char* kConvertLayerUsage = R"(Usage: accel-proxy convert-layer -
 Converts one layer file (tar, tar+gzip or tar+zstd) into a blob file of FORMAT and prints its
 descriptor facts as JSON (digest, size, diff_id, uncompressed_size, media_type, annotations).
 Options: --threads N, --chunk-size BYTES, --compression-level N, --compressor NAME (Nydus),
-         --max-layer-bytes N, --prioritize FILE (eStargz: paths to place first, one per line)
+         --max-layer-bytes N, --prioritize FILE (paths to place first, in that order, one per line)
 )";
 
 constexpr const char* kCheckUsage = R"(Usage: accel-proxy check IMAGE [options]

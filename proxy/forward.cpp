@@ -792,6 +792,9 @@ net::awaitable<void> handle_request(ProxyContext& ctx, const Request& request, C
       case RouteKind::conversions_api:
         co_await handle_conversions_api(ctx, request, client);
         co_return;
+      case RouteKind::prefetch_api:
+        co_await handle_prefetch_api(ctx, request, route, client);
+        co_return;
       default:
         if (!read_method) {  // pushes: uploads, manifest PUT, DELETE (reading an upload's state is a read)
           co_await forward_write(ctx, request, route, body, client, info);

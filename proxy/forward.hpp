@@ -79,6 +79,12 @@ class ClientConnection {
   net::ip::tcp::socket* plain_socket() { return std::get_if<net::ip::tcp::socket>(&stream_); }
   void count_body(uint64_t n) { body_bytes_ += n; }
   Duration write_timeout() const { return write_timeout_; }
+  // The client's IP address ("" once the socket has none).
+  std::string peer_address() {
+    boost::system::error_code ec;
+    auto endpoint = tcp_socket_of(stream_).remote_endpoint(ec);
+    return ec ? std::string() : endpoint.address().to_string();
+  }
 
   bool head_sent() const { return head_sent_; }
   bool keep_alive() const { return keep_alive_; }

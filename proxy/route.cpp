@@ -95,6 +95,7 @@ std::string_view route_label(RouteKind kind) {
     case RouteKind::webhook_harbor: return "webhook_harbor";
     case RouteKind::webhook_registry: return "webhook_registry";
     case RouteKind::conversions_api: return "conversions_api";
+    case RouteKind::prefetch_api: return "prefetch_api";
     case RouteKind::unrecognized: return "unrecognized";
     case RouteKind::not_found: return "not_found";
     case RouteKind::invalid: return "invalid";
@@ -138,6 +139,9 @@ Route parse_route(std::string_view target) {
     r.kind = RouteKind::webhook_registry;
   } else if (path == "/api/conversions") {
     r.kind = RouteKind::conversions_api;
+  } else if (path == "/api/prefetch" || path.starts_with("/api/prefetch/")) {
+    r.kind = RouteKind::prefetch_api;
+    r.reference = std::string(path.substr(std::min(path.size(), std::string_view("/api/prefetch/").size())));
   } else if (path.starts_with("/auth/token/")) {
     std::string_view name = path.substr(12);
     if (name.empty() || name.find('/') != std::string_view::npos) return r;

@@ -30,6 +30,7 @@ enum class RouteKind {
   webhook_harbor,    // POST /hooks/harbor
   webhook_registry,  // POST /hooks/registry (distribution notifications)
   conversions_api,   // GET /api/conversions
+  prefetch_api,      // GET /api/prefetch[/<upstream>/<repository>@<digest>]: learned prefetch (reference: the part after /api/prefetch/)
   unrecognized,      // any other /v2/ path: forwarded as written, the upstream answers
   not_found,         // outside /v2/ and not the proxy's own: answered 404 here
   invalid,     // unsafe to forward (traversal, percent-encoding, ...): refused, see error_*

@@ -224,7 +224,7 @@ Conversions::~Conversions() {
   for (auto& job : queue_) job->finish(ConversionJob::State::failed, "the proxy is shutting down");
 }
 
-const std::vector<std::string>& Conversions::prefetch_files(const ConversionKey& key) const {
+const std::vector<std::string>& Conversions::configured_prefetch(const ConversionKey& key) const {
   static const std::vector<std::string> none;
   for (const auto& rule : config_.variants.prefetch)
     for (const auto& pattern : rule.repositories)
@@ -232,20 +232,29 @@ const std::vector<std::string>& Conversions::prefetch_files(const ConversionKey&
   return none;
 }
 
-convert::LayerOptions Conversions::layer_options(const ConversionKey& key) const {
+std::vector<std::string> Conversions::prefetch_files(const ConversionKey& key, bool* learned) const {
+  if (learned) *learned = false;
+  const auto& configured = configured_prefetch(key);
+  if (!configured.empty() || !learned_prefetch_) return configured;
+  auto list = learned_prefetch_(key);
+  if (learned) *learned = !list.empty();
+  return list;
+}
+
+convert::LayerOptions Conversions::layer_options(const ConversionKey& key, const std::vector<std::string>& prefetch) const {
   convert::LayerOptions layer;
   layer.compression_level = config_.variants.compression_level;
   layer.nydus.chunk_size = config_.variants.nydus.chunk_size;
   layer.nydus.compressor = config_.variants.nydus.compressor;
   layer.nydus.level = config_.variants.nydus.compression_level;
-  layer.prioritized_files = prefetch_files(key);
+  layer.prioritized_files = prefetch;
   layer.threads = config_.variants.threads ? config_.variants.threads : std::max(1u, std::thread::hardware_concurrency());
   return layer;
 }
 
-std::string Conversions::options_key(const ConversionKey& key) const {
+std::string Conversions::options_key(const ConversionKey& key, const std::vector<std::string>& prefetch) const {
   const auto* format = convert::find_format(key.format);
-  const convert::LayerOptions layer = layer_options(key);
+  const convert::LayerOptions layer = layer_options(key, prefetch);
   std::string options = format ? format->options_key(layer) : "";
   if (!layer.prioritized_files.empty()) {
     std::string list;
@@ -255,10 +264,15 @@ std::string Conversions::options_key(const ConversionKey& key) const {
   return options;
 }
 
-std::string Conversions::cache_key(const ConversionKey& key) const { return key.cache_key(options_key(key)); }
+std::string Conversions::cache_key(const ConversionKey& key) const {
+  return key.cache_key(options_key(key, prefetch_files(key)));
+}
 
-std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access, std::string source_tag) {
-  const std::string cache_key = this->cache_key(key);
+std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, RegistryAccess access, std::string source_tag,
+                                                  std::optional<std::vector<std::string>> prefetch) {
+  bool learned = prefetch.has_value();
+  std::vector<std::string> files = prefetch ? std::move(*prefetch) : prefetch_files(key, &learned);
+  const std::string cache_key = key.cache_key(options_key(key, files));
   std::lock_guard lock(mutex_);
   if (auto it = active_.find(cache_key); it != active_.end()) {
     metrics_.add("accel_proxy_conversion_joins_total", {{"format", key.format}});
@@ -275,6 +289,8 @@ std::shared_ptr<ConversionJob> Conversions::start(const ConversionKey& key, Regi
   auto job = std::make_shared<ConversionJob>(key, cache_key);
   job->access_ = std::move(access);
   job->source_tag_ = std::move(source_tag);
+  job->prefetch_ = std::move(files);
+  job->learned_ = learned;
   active_[cache_key] = job;
   queue_.push_back(job);
   metrics_.set("accel_proxy_conversion_queue_depth", {}, static_cast<double>(queue_.size()));
@@ -330,17 +346,17 @@ std::string Conversions::suffix_tag(const ConversionKey& key, const std::string&
   return is_valid_tag(tag) ? tag : std::string();
 }
 
-void Conversions::put_child_variant(const ConversionKey& key, const std::string& child_source,
+void Conversions::put_child_variant(const ConversionKey& key, const std::string& options, const std::string& child_source,
                                     const convert::Descriptor& child, cache::VariantRecord record) {
   ConversionKey child_key = key;
   child_key.source_digest = child_source;
   record.digest = child.digest;
   record.media_type = child.media_type;
   record.size = child.size;
-  cache_.put_manifest_variant(cache_key(child_key), record);
+  cache_.put_manifest_variant(child_key.cache_key(options), record);
 }
 
-cache::VariantRecord Conversions::import(const ConversionKey& key, const UpstreamVariant& variant) {
+cache::VariantRecord Conversions::import(const ConversionKey& key, const UpstreamVariant& variant, const std::string& options) {
   const std::string proof = source_proof("manifest", key.source_digest);
   auto store = [&](const convert::ManifestBytes& manifest) {
     if (!cache_.blob(manifest.digest)) {
@@ -358,11 +374,11 @@ cache::VariantRecord Conversions::import(const ConversionKey& key, const Upstrea
   record.created = unix_now();
   store(variant.top);
   for (const auto& child : variant.children) store(child.manifest);
-  cache_.put_manifest_variant(cache_key(key), record);
+  cache_.put_manifest_variant(key.cache_key(options), record);
   for (const auto& child : variant.children) {
     cache::VariantRecord child_record = record;
     child_record.blobs.push_back(child.manifest.digest);
-    put_child_variant(key, child.source_digest, {child.manifest.media_type, child.manifest.digest, child.manifest.bytes.size()},
+    put_child_variant(key, options, child.source_digest, {child.manifest.media_type, child.manifest.digest, child.manifest.bytes.size()},
                       child_record);
   }
   return record;
@@ -373,16 +389,17 @@ cache::VariantRecord Conversions::convert(ConversionJob& job, const convert::Lay
   from_upstream = false;
   RegistryStore source(job.access_);
   // Someone converted it already (another replica, Harbor's acceleration service, nydusify):
-  // serve theirs.
-  if (auto found = find_upstream_variant(source, format, key.source_digest, suffix_tag(key, job.source_tag_))) {
-    from_upstream = true;
-    return import(key, *found);
-  }
+  // serve theirs. Not for a learned prefetch list: theirs does not have it.
+  if (!job.learned_)
+    if (auto found = find_upstream_variant(source, format, key.source_digest, suffix_tag(key, job.source_tag_))) {
+      from_upstream = true;
+      return import(key, *found, options_key(key, job.prefetch_));
+    }
 
   CacheTarget target(cache_, key.scope(), source_proof("manifest", key.source_digest));
-  CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key));
+  CacheLayerMemo memo(*this, cache_, "|" + key.format + "|" + options_key(key, job.prefetch_));
   convert::ImageConvertOptions options;
-  options.layer = layer_options(key);
+  options.layer = layer_options(key, job.prefetch_);
   options.max_image_bytes = config_.variants.max_image_bytes;
   options.work_dir = cache_.temp_dir();  // same filesystem: finished blobs move into the store
   options.layer.work_dir = options.work_dir;
@@ -410,7 +427,7 @@ cache::VariantRecord Conversions::convert(ConversionJob& job, const convert::Lay
   // Referrers API of a source platform manifest lists its converted one (nydus-snapshotter
   // asks by the platform manifest's digest). They need the image's blobs as the index does.
   for (const auto& m : result.manifests)
-    if (m.source_digest != key.source_digest) put_child_variant(key, m.source_digest, m.result, record);
+    if (m.source_digest != key.source_digest) put_child_variant(key, options_key(key, job.prefetch_), m.source_digest, m.result, record);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   metrics_.add("accel_proxy_conversions_total", {{"format", key.format}, {"outcome", "done"}});
   metrics_.observe("accel_proxy_conversion_duration_seconds", {{"format", key.format}}, seconds);

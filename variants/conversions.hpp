@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -65,6 +66,8 @@ class ConversionJob {
   std::string cache_key_;
   RegistryAccess access_;
   std::string source_tag_;  // the tag the source was asked by (write-back's suffix tag), or ""
+  std::vector<std::string> prefetch_;  // the files it places first
+  bool learned_ = false;               // prefetch_ was learned: an upstream variant is not it
   mutable std::mutex mutex_;
   State state_ = State::queued;
   std::string error_;
@@ -91,7 +94,18 @@ class Conversions {
   // nullptr when the queue is full, or a failed job when the last attempt failed and its backoff
   // has not passed.
   // `source_tag` is the tag the source was asked by, if any: write-back tags the variant after it.
-  std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access, std::string source_tag = {});
+  // `prefetch`: a learned list to convert with instead of the usual one (another cache key).
+  std::shared_ptr<ConversionJob> start(const ConversionKey& key, RegistryAccess access, std::string source_tag = {},
+                                       std::optional<std::vector<std::string>> prefetch = std::nullopt);
+
+  // The prefetch list the config gives the key's repository (empty: none). It wins over a
+  // learned one.
+  const std::vector<std::string>& configured_prefetch(const ConversionKey& key) const;
+  // Where a learned list for a key comes from when the config has none (an empty list: none).
+  // Set once, before requests are served; called from any thread.
+  void set_learned_prefetch(std::function<std::vector<std::string>(const ConversionKey&)> source) {
+    learned_prefetch_ = std::move(source);
+  }
 
   std::vector<ConversionInfo> list() const;
   // The replicas' coordination through Redis; null without `coordination.redis`.
@@ -105,14 +119,16 @@ class Conversions {
   // Sets `from_upstream`.
   cache::VariantRecord convert(ConversionJob& job, const convert::LayerFormat& format, bool& from_upstream);
   // Records a variant found upstream (its manifests; its blobs stay upstream and pass through).
-  cache::VariantRecord import(const ConversionKey& key, const UpstreamVariant& variant);
+  cache::VariantRecord import(const ConversionKey& key, const UpstreamVariant& variant, const std::string& options);
   // With Redis configured: this replica's lease on the job's conversion, after waiting for
   // another replica's when one holds it (an empty lease: converted elsewhere, so the upstream
   // has it; or Redis is unreachable and this replica works alone).
   Lease coordinate(const ConversionJob& job);
   // Records a converted platform manifest as the variant of its own source manifest too (the
   // Referrers API of a platform manifest lists it); `record` is the image's, blobs included.
-  void put_child_variant(const ConversionKey& key, const std::string& child_source, const convert::Descriptor& child,
+  // `options`: the image's options part of cache keys (the child's key has the same).
+  void put_child_variant(const ConversionKey& key, const std::string& options, const std::string& child_source,
+                         const convert::Descriptor& child,
                          cache::VariantRecord record);
   // Exclusive use of one tag of an upstream repository while write-back rewrites it (the
   // fallback referrers index): one conversion thread of this process at a time, and with Redis
@@ -122,18 +138,19 @@ class Conversions {
   void write_back(const ConversionJob& job, const cache::VariantRecord& record);
   // source tag + the format's suffix, when that is a valid tag; else "".
   std::string suffix_tag(const ConversionKey& key, const std::string& source_tag) const;
-  // The options part of cache keys for `format` (chunk size, level...).
-  // The options a conversion of `key` uses, as part of its cache key: other options, other blobs.
-  std::string options_key(const ConversionKey& key) const;
-  // The layer options the config gives a conversion of `key`.
-  convert::LayerOptions layer_options(const ConversionKey& key) const;
-  // The prefetch list the config gives the key's repository (empty: none).
-  const std::vector<std::string>& prefetch_files(const ConversionKey& key) const;
+  // The options a conversion of `key` with this prefetch list uses, as part of its cache key:
+  // other options, other blobs.
+  std::string options_key(const ConversionKey& key, const std::vector<std::string>& prefetch) const;
+  // The layer options the config gives a conversion of `key`, with this prefetch list.
+  convert::LayerOptions layer_options(const ConversionKey& key, const std::vector<std::string>& prefetch) const;
+  // The list a conversion of `key` uses: the config's, else a learned one (`learned` says which).
+  std::vector<std::string> prefetch_files(const ConversionKey& key, bool* learned = nullptr) const;
 
   const Config& config_;
   cache::Cache& cache_;
   Metrics& metrics_;
   std::unique_ptr<Coordinator> coordinator_;  // null without `coordination.redis`
+  std::function<std::vector<std::string>(const ConversionKey&)> learned_prefetch_;
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;
   std::deque<std::shared_ptr<ConversionJob>> queue_;

@@ -6,7 +6,10 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
+#include <cstdio>
 #include <fcntl.h>
+#include <functional>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -86,10 +89,17 @@ net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t 
   }
 }
 
+// What serve_cached() sent, for learned prefetch.
+struct Served {
+  std::string digest;
+  bool head = false;
+  std::vector<ByteRange> ranges;  // empty: the whole object
+};
+
 // Serves a cached object (manifest or blob) with HEAD, Range and multi-range. Returns false,
 // having sent nothing, when the cache does not hold it (never cached, or evicted meanwhile).
 net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
-                                  const std::string& digest, const char* cache_label) {
+                                  const std::string& digest, const char* cache_label, Served* served = nullptr) {
   auto& cache = ctx.variants->cache();
   auto pin = cache.pin(digest);  // first: a pinned blob is not evicted while we send it
   auto info = cache.blob(digest);
@@ -131,6 +141,7 @@ net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, Cli
       co_return true;
     }
   }
+  if (served) *served = {digest, head_only, ranges};
   if (ranges.empty()) {
     head.content_length = size;
     co_await client.write_head(head);
@@ -166,10 +177,34 @@ net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, Cli
 // The converted manifest mapped under `cache_key`, if the cache holds it (a mapping goes with its
 // blobs on eviction); false, with nothing sent, when it does not.
 net::awaitable<bool> serve_variant(ProxyContext& ctx, const Request& request, ClientConnection& client,
-                                   const std::string& cache_key) {
+                                   const std::string& cache_key, Served* served) {
   auto variant = ctx.variants->cache().manifest_variant(cache_key);
   if (!variant) co_return false;
-  co_return co_await serve_cached(ctx, request, client, variant->digest, "manifest");
+  co_return co_await serve_cached(ctx, request, client, variant->digest, "manifest", served);
+}
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Learned prefetch: what a client (its address and credential, hashed) was served from the
+// cache after its read check.
+void note_served(ProxyContext& ctx, const Request& request, ClientConnection& client, const std::string& scope,
+                 bool manifest, const Served& served) {
+  auto* learned = ctx.variants->learned();
+  if (!learned || served.head || served.digest.empty()) return;
+  ReadEvent event;
+  event.at_ms = unix_ms();
+  event.manifest = manifest;
+  event.scope = scope;
+  event.digest = served.digest;
+  for (const auto& r : served.ranges) event.ranges.emplace_back(r.first, r.last + 1);
+  std::string who = client.peer_address();
+  who += '\n';
+  who += request[http::field::authorization];
+  char key[17];
+  std::snprintf(key, sizeof key, "%016zx", std::hash<std::string>{}(who));
+  learned->served(key, std::move(event));
 }
 
 // Asks the upstream whether this client may read `proof` ("manifest:<digest>" or
@@ -244,6 +279,15 @@ Variants::Variants(const Config& config, Metrics& metrics)
     coordinator->listen("tags", [this, self = coordinator->replica_id()](const std::string& message) {
       on_tag_broadcast(message, self);
     });
+  if (config.variants.learn_prefetch.enabled) {
+    learned_ = std::make_shared<LearnedPrefetch>(config, cache_, conversions_, metrics);
+    std::weak_ptr<LearnedPrefetch> weak = learned_;
+    conversions_.set_learned_prefetch([weak](const ConversionKey& key) {
+      auto learned = weak.lock();
+      return learned ? learned->optimized_files(key) : std::vector<std::string>{};
+    });
+    learned_->start();
+  }
 }
 
 void Variants::drop_resolutions(const std::string& upstream, const std::string& repository, const std::string& reference) {
@@ -295,8 +339,12 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
     if (auto proof = cache.member(scope, route.reference)) {
       if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
       // Evicted meanwhile: the upstream may still have the object, so the ordinary path asks it.
-      if (co_await serve_cached(ctx, request, client, route.reference, route.kind == RouteKind::blob ? "blob" : "manifest"))
+      Served served;
+      const bool blob = route.kind == RouteKind::blob;
+      if (co_await serve_cached(ctx, request, client, route.reference, blob ? "blob" : "manifest", &served)) {
+        note_served(ctx, request, client, scope, !blob, served);
         co_return true;
+      }
     }
   }
   if (route.kind != RouteKind::manifest) co_return false;
@@ -359,18 +407,31 @@ net::awaitable<bool> answer_variant(ProxyContext& ctx, const Request& request, R
   auto& conversions = ctx.variants->conversions();
   const ConversionKey key{upstream.name, route.repository, source_digest, ask.format};
   const std::string cache_key = conversions.cache_key(key);
-  if (co_await serve_variant(ctx, request, client, cache_key)) co_return true;
+  const std::string scope = upstream.name + "/" + route.repository;
+  auto access = [&] {
+    RegistryAccess a;
+    a.upstream = upstream;
+    a.repository = route.repository;
+    a.authorization = std::string(request[http::field::authorization]);
+    return a;
+  };
+  // A learned prefetch list waiting for a client to convert with (no robot account): this one.
+  if (auto* learned = ctx.variants->learned()) learned->variant_requested(key, access);
+  Served served;
+  if (co_await serve_variant(ctx, request, client, cache_key, &served)) {
+    note_served(ctx, request, client, scope, true, served);
+    co_return true;
+  }
 
   ctx.metrics.add("accel_proxy_cache_misses_total", {{"format", ask.format}});
-  RegistryAccess access;
-  access.upstream = upstream;
-  access.repository = route.repository;
-  access.authorization = std::string(request[http::field::authorization]);
-  auto job = conversions.start(key, std::move(access), looks_like_digest(ask.source_reference) ? "" : ask.source_reference);
+  auto job = conversions.start(key, access(), looks_like_digest(ask.source_reference) ? "" : ask.source_reference);
   const auto policy = ctx.config.variants.on_miss;
   if (job && policy != VariantsConfig::OnMiss::reject)
     co_await wait_for(job, policy == VariantsConfig::OnMiss::wait ? ctx.config.variants.wait_limit : ctx.config.variants.wait);
-  if (co_await serve_variant(ctx, request, client, cache_key)) co_return true;
+  if (co_await serve_variant(ctx, request, client, cache_key, &served)) {
+    note_served(ctx, request, client, scope, true, served);
+    co_return true;
+  }
   std::string why = !job ? "conversion queue is full"
                     : job->state() == ConversionJob::State::failed ? "conversion failed: " + job->error()
                                                                    : "conversion is still running";
@@ -523,6 +584,39 @@ net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, c
   ResponseHead head;
   head.status = 202;
   co_await send_local(client, 202, "application/json", answer, head);
+}
+
+net::awaitable<void> handle_prefetch_api(ProxyContext& ctx, const Request& request, const Route& route,
+                                         ClientConnection& client) {
+  if (!ctx.variants || !ctx.variants->learned()) {
+    co_await send_error(client, 404, "UNSUPPORTED", "learned prefetch is off");
+    co_return;
+  }
+  if (request.method() != http::verb::get && request.method() != http::verb::head) {
+    co_await send_error(client, 405, "UNSUPPORTED", "the prefetch API is read-only");
+    co_return;
+  }
+  if (!ctx.config.webhooks.secret.empty() && !secret_ok(ctx, request)) {
+    co_await send_error(client, 401, "UNAUTHORIZED", "missing or wrong secret");
+    co_return;
+  }
+  // /api/prefetch/<upstream>/<repository>@<digest>: that source's images only.
+  const std::string& source = route.reference;
+  if (!source.empty()) {
+    const size_t slash = source.find('/'), at = source.rfind('@');
+    if (slash == std::string::npos || at == std::string::npos || at < slash ||
+        !is_valid_repository(source.substr(slash + 1, at - slash - 1)) || !is_valid_digest(source.substr(at + 1))) {
+      co_await send_error(client, 400, "NAME_INVALID", "expected /api/prefetch/<upstream>/<repository>@<digest>");
+      co_return;
+    }
+  }
+  bool found = false;
+  std::string listing = ctx.variants->learned()->listing(source, found);
+  if (!source.empty() && !found) {
+    co_await send_error(client, 404, "NOT_FOUND", "nothing recorded for this image");
+    co_return;
+  }
+  co_await send_local(client, 200, "application/json", listing);
 }
 
 net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& request, ClientConnection& client) {

@@ -8,6 +8,7 @@
 #include "auth/read_grants.hpp"
 #include "cache/cache.hpp"
 #include "variants/conversions.hpp"
+#include "variants/learned_prefetch.hpp"
 #include "proxy/forward.hpp"
 #include "proxy/route.hpp"
 
@@ -20,6 +21,8 @@ class Variants {
   cache::Cache& cache() { return cache_; }
   Conversions& conversions() { return conversions_; }
   ReadGrants& grants() { return grants_; }
+  // Null when `variants.learn_prefetch` is off.
+  LearnedPrefetch* learned() { return learned_.get(); }
 
   // A manifest PUT or DELETE through this replica: forgets the cached resolution of the tag
   // (for a digest, of every tag naming it) here, and with Redis tells the other replicas to.
@@ -36,6 +39,7 @@ class Variants {
   cache::Cache cache_;
   Conversions conversions_;
   ReadGrants grants_;
+  std::shared_ptr<LearnedPrefetch> learned_;  // its conversion callbacks hold it weakly
 };
 
 // Answers the request if it concerns a variant or a cached object and returns true; otherwise
@@ -65,5 +69,9 @@ net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, c
 
 // GET /api/conversions: the conversions queued, running and recently finished.
 net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& request, ClientConnection& client);
+
+// GET /api/prefetch[/<upstream>/<repository>@<digest>]: what was learned for each image.
+net::awaitable<void> handle_prefetch_api(ProxyContext& ctx, const Request& request, const Route& route,
+                                         ClientConnection& client);
 
 }  // namespace accel

@@ -230,6 +230,31 @@ TEST_CASE("tags expire after their ttl", "[cache]") {
   CHECK_FALSE(cache.tag("registry/repo:short"));
 }
 
+TEST_CASE("notes are stored, listed by prefix, dropped, and survive a reopen", "[cache]") {
+  TempDir dir;
+  {
+    Cache cache(dir.path());
+    CHECK_FALSE(cache.note("prefetch|a"));
+    cache.put_note("prefetch|a", "1");
+    cache.put_note("prefetch|b", "2");
+    cache.put_note("other|c", "3");
+    cache.put_note("prefetch|a", "4");
+    CHECK(cache.note("prefetch|a") == "4");
+    auto listed = cache.notes("prefetch|");
+    REQUIRE(listed.size() == 2);
+    CHECK(listed[0] == std::pair<std::string, std::string>{"prefetch|a", "4"});
+    CHECK(listed[1].first == "prefetch|b");
+    CHECK_THROWS_AS(cache.put_note(std::string(501, 'k'), "x"), CacheError);
+  }
+  Cache cache(dir.path());
+  CHECK(cache.note("prefetch|b") == "2");
+  CHECK(cache.check().empty());
+  cache.drop_note("prefetch|b");
+  cache.drop_note("prefetch|b");
+  CHECK_FALSE(cache.note("prefetch|b"));
+  CHECK(cache.notes("").size() == 2);
+}
+
 TEST_CASE("failures are stored, read and cleared", "[cache]") {
   TempDir dir;
   Cache cache(dir.path());

@@ -65,6 +65,9 @@ TEST_CASE("the shipped example config is valid") {
   CHECK(c.variants.nydus.chunk_size == 1048576);
   REQUIRE(c.variants.prefetch.size() == 1);
   CHECK(c.variants.prefetch[0].files.at(0) == "/usr/local/bin/python3");
+  CHECK(c.variants.learn_prefetch.enabled);
+  CHECK(c.variants.learn_prefetch.startups == 2);
+  CHECK(c.variants.learn_prefetch.window == std::chrono::seconds(10));
 }
 
 TEST_CASE("variants.nydus and variants.prefetch: values and refusals") {
@@ -90,6 +93,21 @@ TEST_CASE("variants.nydus and variants.prefetch: values and refusals") {
   CHECK_THROWS_AS(parse_config_yaml(base + "variants: {prefetch: [{repositories: [a], files: [relative/path]}]}\n"),
                   ConfigError);
   CHECK_THROWS_AS(parse_config_yaml(base + "variants: {prefetch: [{repositories: [a]}]}\n"), ConfigError);
+}
+
+TEST_CASE("variants.learn_prefetch: on by default, values and refusals") {
+  auto base = std::string("upstreams: [{name: u, url: 'http://a:1'}]\n");
+  auto d = parse_config_yaml(base);
+  CHECK(d.variants.learn_prefetch.enabled);
+  CHECK(d.variants.learn_prefetch.startups == 2);
+  CHECK(d.variants.learn_prefetch.window == std::chrono::seconds(10));
+  auto c = parse_config_yaml(base + "variants: {learn_prefetch: {enabled: false, startups: 3, window: 2500ms}}\n");
+  CHECK_FALSE(c.variants.learn_prefetch.enabled);
+  CHECK(c.variants.learn_prefetch.startups == 3);
+  CHECK(c.variants.learn_prefetch.window == std::chrono::milliseconds(2500));
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {learn_prefetch: {startups: 0}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {learn_prefetch: {window: 1h}}\n"), ConfigError);
+  CHECK_THROWS_AS(parse_config_yaml(base + "variants: {learn_prefetch: {windows: 1s}}\n"), ConfigError);
 }
 
 TEST_CASE("flags override the file; --upstream alone is enough") {

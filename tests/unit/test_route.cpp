@@ -38,6 +38,13 @@ TEST_CASE("registry routes are classified with their repository and reference") 
   CHECK(parse_route("/v2/_catalogx").kind == RouteKind::unrecognized);
   CHECK(parse_route("/v2/a/b/unknown").kind == RouteKind::unrecognized);
 
+  CHECK(parse_route("/api/prefetch").kind == RouteKind::prefetch_api);
+  CHECK(parse_route("/api/prefetch").reference.empty());
+  r = parse_route("/api/prefetch/harbor/library/app@" + kDigest);
+  CHECK(r.kind == RouteKind::prefetch_api);
+  CHECK(r.reference == "harbor/library/app@" + kDigest);
+  CHECK(parse_route("/api/prefetchx").kind == RouteKind::not_found);
+
   r = parse_route("/auth/token/harbor?service=x&scope=repository:a:pull");
   CHECK(r.kind == RouteKind::token);
   CHECK(r.upstream == "harbor");
