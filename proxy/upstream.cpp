@@ -88,6 +88,10 @@ class UpstreamConnection {
   int pipe_read = -1;
   int pipe_write = -1;
   size_t pipe_capacity = 0;
+  // A second one for tee_to: the bytes on their way to the file.
+  int tee_read = -1;
+  int tee_write = -1;
+  size_t tee_capacity = 0;
 
   template <class... Args>
   explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {
@@ -96,8 +100,8 @@ class UpstreamConnection {
     buffer.reserve(16 * 1024);
   }
   ~UpstreamConnection() {
-    if (pipe_read >= 0) ::close(pipe_read);
-    if (pipe_write >= 0) ::close(pipe_write);
+    for (int fd : {pipe_read, pipe_write, tee_read, tee_write})
+      if (fd >= 0) ::close(fd);
   }
 
   tcp::socket& lowest() {
@@ -251,18 +255,51 @@ net::awaitable<bool> wait_ready(tcp::socket& socket, tcp::socket::wait_type type
   co_return true;
 }
 
+namespace {
+
+// A non-blocking pipe of 1 MiB (the size measured best for splice; DECISIONS.md), made once per
+// connection. False if the system refuses one (the caller then copies).
+bool ensure_pipe(int& read_end, int& write_end, size_t& capacity) {
+  if (read_end >= 0) return true;
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  read_end = fds[0];
+  write_end = fds[1];
+  int size = ::fcntl(write_end, F_SETPIPE_SZ, 1 << 20);
+  capacity = size > 0 ? static_cast<size_t>(size) : 65536;
+  return true;
+}
+
+// Moves `count` bytes from the pipe `from` to the file; on a failure (disk full) marks the file
+// failed and drops what it could not write from the pipe, so the pipe holds nothing stale.
+void pipe_to_file(int from, FileTee& file, size_t count) {
+  while (count > 0 && !file.failed) {
+    ssize_t n = ::splice(from, nullptr, file.fd, nullptr, count, SPLICE_F_MOVE);
+    if (n > 0) {
+      count -= static_cast<size_t>(n);
+      file.written += static_cast<uint64_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      file.failed = true;
+    }
+  }
+  char sink[16 * 1024];
+  while (count > 0) {
+    ssize_t n = ::read(from, sink, std::min(count, sizeof sink));
+    if (n > 0) count -= static_cast<size_t>(n);
+    else if (n < 0 && errno == EINTR) continue;
+    else break;  // cannot happen: the bytes are in the pipe
+  }
+}
+
+}  // namespace
+
 net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration write_timeout, uint64_t& moved) {
   auto& c = *connection_;
   auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
   if (!plain || !c.raw_body || c.done) co_return false;
-  if (c.pipe_read < 0) {
-    int fds[2];
-    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) co_return false;
-    c.pipe_read = fds[0];
-    c.pipe_write = fds[1];
-    int size = ::fcntl(c.pipe_write, F_SETPIPE_SZ, 1 << 20);
-    c.pipe_capacity = size > 0 ? static_cast<size_t>(size) : 65536;
-  }
+  if (!ensure_pipe(c.pipe_read, c.pipe_write, c.pipe_capacity)) co_return false;
   if (c.buffer.size() > 0) {  // body bytes that arrived with the header
     size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
     co_await net::async_write(out, net::buffer(c.buffer.data().data(), n), net::use_awaitable);
@@ -307,6 +344,97 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration writ
         c.keep_alive = false;
         throw UpstreamError("client connection failed during the transfer");
       }
+    }
+  }
+  c.done = true;
+  co_return true;
+}
+
+// splice_to with a copy of every byte for `file`. The body flows upstream -> pipe B (splice),
+// B -> pipe A (tee: the pages are shared, not copied), the same bytes B -> file (splice: the
+// kernel copies them into the page cache), and A -> `out` (splice). B only ever holds bytes
+// not yet teed, so each tee duplicates exactly the new ones. When the file fails (disk full)
+// the body goes on upstream -> A -> `out` alone: the client's transfer never depends on the
+// cache's.
+net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, FileTee& file, Duration write_timeout, uint64_t& moved) {
+  auto& c = *connection_;
+  auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
+  if (!plain || !c.raw_body || c.done) co_return false;
+  if (!ensure_pipe(c.pipe_read, c.pipe_write, c.pipe_capacity) || !ensure_pipe(c.tee_read, c.tee_write, c.tee_capacity))
+    co_return false;
+  if (c.buffer.size() > 0) {  // body bytes that arrived with the header
+    size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
+    const char* data = static_cast<const char*>(c.buffer.data().data());
+    for (size_t done = 0; done < n && !file.failed;) {
+      ssize_t w = ::write(file.fd, data + done, n - done);
+      if (w > 0) done += static_cast<size_t>(w), file.written += static_cast<uint64_t>(w);
+      else if (w < 0 && errno == EINTR) continue;
+      else file.failed = true;
+    }
+    co_await net::async_write(out, net::buffer(data, n), net::use_awaitable);
+    c.buffer.consume(n);
+    c.remaining -= n;
+    moved += n;
+  }
+  tcp::socket& in = *plain;
+  c.deadline.expires_never();  // the waits below keep their own timeout
+  if (!in.non_blocking()) in.non_blocking(true);
+  if (!out.non_blocking()) out.non_blocking(true);
+  size_t in_a = 0;  // bytes in A, for the client
+  size_t in_b = 0;  // bytes in B, not yet teed
+  // Any bytes left in the pipes on an error are dropped with the connection (it is not reused).
+  while (c.remaining > 0 || in_a > 0 || in_b > 0) {
+    bool progress = false;
+    if (c.remaining > 0) {
+      // Through B while it holds anything: bytes must reach A in order.
+      const bool to_file = !file.failed || in_b > 0;
+      const size_t room = to_file ? c.tee_capacity - std::min(in_b, c.tee_capacity) : c.pipe_capacity - std::min(in_a, c.pipe_capacity);
+      if (room > 0) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(c.remaining, room));
+        ssize_t n = ::splice(in.native_handle(), nullptr, to_file ? c.tee_write : c.pipe_write, nullptr, want,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          (to_file ? in_b : in_a) += static_cast<size_t>(n);
+          c.remaining -= static_cast<uint64_t>(n);
+          progress = true;
+        } else if (n == 0) {
+          c.keep_alive = false;
+          throw UpstreamError("upstream closed the connection before the end of the body");
+        } else if (errno != EAGAIN && errno != EINTR) {
+          c.keep_alive = false;
+          throw UpstreamError(std::string("splice from upstream failed: ") + std::strerror(errno));
+        }
+      }
+    }
+    if (in_b > 0) {
+      ssize_t t = ::tee(c.tee_read, c.pipe_write, in_b, SPLICE_F_NONBLOCK);
+      if (t > 0) {
+        in_b -= static_cast<size_t>(t);
+        in_a += static_cast<size_t>(t);
+        pipe_to_file(c.tee_read, file, static_cast<size_t>(t));
+        progress = true;
+      } else if (t < 0 && errno != EAGAIN && errno != EINTR) {
+        c.keep_alive = false;
+        throw UpstreamError(std::string("tee failed: ") + std::strerror(errno));
+      }  // EAGAIN: A is full, the client must take some first
+    }
+    if (in_a > 0) {
+      ssize_t n = ::splice(c.pipe_read, nullptr, out.native_handle(), nullptr, in_a, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        in_a -= static_cast<size_t>(n);
+        moved += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        c.keep_alive = false;
+        throw UpstreamError("client connection failed during the transfer");
+      }
+    }
+    if (progress) continue;
+    if (in_a > 0) {
+      if (!co_await wait_ready(out, tcp::socket::wait_write, write_timeout))
+        throw UpstreamError("client stopped taking the body past the write timeout");
+    } else if (!co_await wait_ready(in, tcp::socket::wait_read, c.read_timeout)) {
+      throw UpstreamError("upstream stalled while sending the body");
     }
   }
   c.done = true;

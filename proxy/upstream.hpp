@@ -63,6 +63,13 @@ net::awaitable<bool> wait_ready(net::ip::tcp::socket& socket, net::ip::tcp::sock
 class UpstreamConnection;
 class UpstreamClient;
 
+// A file that a body is copied into on its way to the client (UpstreamResponse::tee_to).
+struct FileTee {
+  int fd = -1;
+  uint64_t written = 0;  // bytes the file got
+  bool failed = false;   // a write failed (disk full): the file is incomplete, the transfer went on
+};
+
 // A request body that is streamed upstream rather than held: a client's push (the session reads
 // it piece by piece from the client's connection, see server.cpp).
 class BodySource {
@@ -108,6 +115,9 @@ class UpstreamResponse {
   // an error or a stall). The upstream gets its read timeout to send more, `out` gets
   // `write_timeout` to take more.
   net::awaitable<bool> splice_to(net::ip::tcp::socket& out, Duration write_timeout, uint64_t& moved);
+  // splice_to, and every byte also appended to `file`, without copying through user space
+  // (tee(2) and splice(2)). A failing file never stops the transfer; see FileTee.
+  net::awaitable<bool> tee_to(net::ip::tcp::socket& out, FileTee& file, Duration write_timeout, uint64_t& moved);
   // Reads and drops `count` body bytes.
   net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
 
