@@ -79,7 +79,9 @@ def get(proxy, repo, kind, ref, auth=None, method="GET", headers=None, **kwargs)
 
 
 def cache_index(proxy):
-    problems, index = ve.cache_problems(ve.cache_dir(proxy))
+    """The cache's index, after checking every entry against its file (size and sha256); with
+    the proxy stopped also the cache's own reconciliation and check."""
+    problems, index = ve.cache_problems(ve.cache_dir(proxy), reconcile=not proxy.alive())
     assert problems == [], problems
     return index
 
@@ -506,7 +508,10 @@ def check_user(proxy, registry, image, user, leaks, cold):
         if allowed:
             check_object(g, kind, digest, data, media_type)
             assert h.status_code == 200 and int(h.headers["Content-Length"]) == len(data), what
-            assert rg.status_code == 206 and rg.content == data[:10], what
+            if rg.status_code == 200 and kind == "manifest" and cold:
+                assert rg.content == data, what  # distribution ignores Range on manifests
+            else:
+                assert rg.status_code == 206 and rg.content == data[:10], what
         else:
             for resp, how in ((g, "GET"), (h, "HEAD"), (rg, "Range")):
                 leaks.denied(resp, f"{what} {how}")
