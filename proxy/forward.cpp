@@ -227,18 +227,25 @@ net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& c
     co_await client.flush();
     uint64_t moved = 0;
     bool spliced = false;
-    FileTee file{capture ? capture->fd() : -1};
+    // Kept for the cache too: tee(2) gives the capture its copy without a pass through user
+    // space, into a pipe that the capture's own thread writes to the file (the copy into the
+    // page cache is then not this thread's work), else into the file.
+    TeeSink sink;
+    if (capture && response.can_splice()) {
+      sink.fd = capture->sink_pipe();
+      sink.pipe = sink.fd >= 0;
+      if (!sink.pipe) sink.fd = capture->fd();
+    }
     try {
-      // Kept for the cache too: tee(2) gives the file its copy without a pass through user space.
-      spliced = capture ? co_await response.tee_to(*plain_client, file, client.write_timeout(), moved)
-                        : co_await response.splice_to(*plain_client, client.write_timeout(), moved);
+      spliced = sink.fd >= 0 ? co_await response.tee_to(*plain_client, sink, client.write_timeout(), moved)
+                             : co_await response.splice_to(*plain_client, client.write_timeout(), moved);
     } catch (...) {
       client.count_body(moved);
       throw;
     }
-    if (capture) {
-      capture->wrote(file.written);
-      if (file.failed) capture->fail();
+    if (sink.fd >= 0) {
+      if (!sink.pipe) capture->wrote(sink.written);  // a pipe's thread counts what reached the file
+      if (sink.failed) capture->fail();
     }
     if (spliced) {
       client.count_body(moved);

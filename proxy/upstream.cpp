@@ -3,7 +3,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <fcntl.h>
@@ -270,27 +272,29 @@ bool ensure_pipe(int& read_end, int& write_end, size_t& capacity) {
   return true;
 }
 
-// Moves `count` bytes from the pipe `from` to the file; on a failure (disk full) marks the file
-// failed and drops what it could not write from the pipe, so the pipe holds nothing stale.
-void pipe_to_file(int from, FileTee& file, size_t count) {
-  while (count > 0 && !file.failed) {
-    ssize_t n = ::splice(from, nullptr, file.fd, nullptr, count, SPLICE_F_MOVE);
-    if (n > 0) {
-      count -= static_cast<size_t>(n);
-      file.written += static_cast<uint64_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      file.failed = true;
-    }
-  }
+// Reads and drops `count` bytes from the pipe (they are in it): a failed sink's share.
+void drop_from_pipe(int pipe, size_t count) {
   char sink[16 * 1024];
   while (count > 0) {
-    ssize_t n = ::read(from, sink, std::min(count, sizeof sink));
+    ssize_t n = ::read(pipe, sink, std::min(count, sizeof sink));
     if (n > 0) count -= static_cast<size_t>(n);
     else if (n < 0 && errno == EINTR) continue;
-    else break;  // cannot happen: the bytes are in the pipe
+    else break;
   }
+}
+
+// Waits until the pipe `fd` can take bytes; false when `timeout` passed first.
+net::awaitable<bool> wait_pipe_writable(int fd, Duration timeout) {
+  using namespace net::experimental::awaitable_operators;
+  auto executor = co_await net::this_coro::executor;
+  net::posix::stream_descriptor pipe(executor, fd);
+  struct Release {  // the descriptor is borrowed: never closed here
+    net::posix::stream_descriptor& d;
+    ~Release() { d.release(); }
+  } release{pipe};
+  net::steady_timer timer(executor, timeout);
+  auto result = co_await (pipe.async_wait(net::posix::descriptor_base::wait_write, use_tuple) || timer.async_wait(use_tuple));
+  co_return result.index() == 0 && !std::get<0>(std::get<0>(result));
 }
 
 }  // namespace
@@ -350,51 +354,60 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration writ
   co_return true;
 }
 
-// splice_to with a copy of every byte for `file`. The body flows upstream -> pipe B (splice),
-// B -> pipe A (tee: the pages are shared, not copied), the same bytes B -> file (splice: the
-// kernel copies them into the page cache), and A -> `out` (splice). B only ever holds bytes
-// not yet teed, so each tee duplicates exactly the new ones. When the file fails (disk full)
-// the body goes on upstream -> A -> `out` alone: the client's transfer never depends on the
-// cache's.
-net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, FileTee& file, Duration write_timeout, uint64_t& moved) {
+bool UpstreamResponse::can_splice() const {
+  const auto& c = *connection_;
+  return std::holds_alternative<UpstreamConnection::Plain>(c.stream) && c.raw_body && !c.done;
+}
+
+// splice_to with a copy of every byte for `sink`. The body flows upstream -> pipe C (splice),
+// C -> pipe A (tee: the pages are shared, not copied), the same bytes C -> sink (splice: into a
+// file the kernel copies them to the page cache; into a sink pipe it moves the pages), and A ->
+// `out` (splice). tee(2) always duplicates from the head of C, so C is teed again only once the
+// sink took everything teed before: C holds teed bytes waiting for the sink, then fresh ones.
+// When the sink fails (disk full, its reader gone, full past the write timeout) the body goes
+// on upstream -> A -> `out` alone: the client's transfer never depends on the cache.
+net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, TeeSink& sink, Duration write_timeout, uint64_t& moved) {
   auto& c = *connection_;
-  auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
-  if (!plain || !c.raw_body || c.done) co_return false;
+  if (!can_splice()) co_return false;
   if (!ensure_pipe(c.pipe_read, c.pipe_write, c.pipe_capacity) || !ensure_pipe(c.tee_read, c.tee_write, c.tee_capacity))
     co_return false;
   if (c.buffer.size() > 0) {  // body bytes that arrived with the header
     size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
     const char* data = static_cast<const char*>(c.buffer.data().data());
-    for (size_t done = 0; done < n && !file.failed;) {
-      ssize_t w = ::write(file.fd, data + done, n - done);
-      if (w > 0) done += static_cast<size_t>(w), file.written += static_cast<uint64_t>(w);
+    for (size_t done = 0; done < n && !sink.failed;) {  // an empty sink pipe takes these at once
+      ssize_t w = ::write(sink.fd, data + done, n - done);
+      if (w > 0) done += static_cast<size_t>(w), sink.written += static_cast<uint64_t>(w);
       else if (w < 0 && errno == EINTR) continue;
-      else file.failed = true;
+      else sink.failed = true;
     }
     co_await net::async_write(out, net::buffer(data, n), net::use_awaitable);
     c.buffer.consume(n);
     c.remaining -= n;
     moved += n;
   }
-  tcp::socket& in = *plain;
+  tcp::socket& in = std::get<UpstreamConnection::Plain>(c.stream);
   c.deadline.expires_never();  // the waits below keep their own timeout
   if (!in.non_blocking()) in.non_blocking(true);
   if (!out.non_blocking()) out.non_blocking(true);
-  size_t in_a = 0;  // bytes in A, for the client
-  size_t in_b = 0;  // bytes in B, not yet teed
+  size_t in_a = 0;     // A: for the client
+  size_t fresh = 0;    // C: not yet teed
+  size_t pending = 0;  // C's head: teed (so in A too), not yet taken by the sink
+  const unsigned sink_flags = SPLICE_F_MOVE | (sink.pipe ? SPLICE_F_NONBLOCK : 0);
   // Any bytes left in the pipes on an error are dropped with the connection (it is not reused).
-  while (c.remaining > 0 || in_a > 0 || in_b > 0) {
+  while (c.remaining > 0 || in_a > 0 || fresh > 0 || pending > 0) {
     bool progress = false;
+    bool sink_full = false;
     if (c.remaining > 0) {
-      // Through B while it holds anything: bytes must reach A in order.
-      const bool to_file = !file.failed || in_b > 0;
-      const size_t room = to_file ? c.tee_capacity - std::min(in_b, c.tee_capacity) : c.pipe_capacity - std::min(in_a, c.pipe_capacity);
-      if (room > 0) {
-        size_t want = static_cast<size_t>(std::min<uint64_t>(c.remaining, room));
-        ssize_t n = ::splice(in.native_handle(), nullptr, to_file ? c.tee_write : c.pipe_write, nullptr, want,
+      // Through C while it holds anything: bytes must reach A in order.
+      const bool via_c = !sink.failed || fresh > 0 || pending > 0;
+      const size_t used = via_c ? fresh + pending : in_a;
+      const size_t capacity = via_c ? c.tee_capacity : c.pipe_capacity;
+      if (used < capacity) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(c.remaining, capacity - used));
+        ssize_t n = ::splice(in.native_handle(), nullptr, via_c ? c.tee_write : c.pipe_write, nullptr, want,
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) {
-          (to_file ? in_b : in_a) += static_cast<size_t>(n);
+          (via_c ? fresh : in_a) += static_cast<size_t>(n);
           c.remaining -= static_cast<uint64_t>(n);
           progress = true;
         } else if (n == 0) {
@@ -406,12 +419,29 @@ net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, FileTee& file, D
         }
       }
     }
-    if (in_b > 0) {
-      ssize_t t = ::tee(c.tee_read, c.pipe_write, in_b, SPLICE_F_NONBLOCK);
+    if (pending > 0 && !sink.failed) {
+      ssize_t n = ::splice(c.tee_read, nullptr, sink.fd, nullptr, pending, sink_flags);
+      if (n > 0) {
+        pending -= static_cast<size_t>(n);
+        sink.written += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        sink_full = true;
+      } else if (!(n < 0 && errno == EINTR)) {
+        sink.failed = true;
+      }
+    }
+    if (pending > 0 && sink.failed) {
+      drop_from_pipe(c.tee_read, pending);
+      pending = 0;
+      progress = true;
+    }
+    if (pending == 0 && fresh > 0) {
+      ssize_t t = ::tee(c.tee_read, c.pipe_write, fresh, SPLICE_F_NONBLOCK);
       if (t > 0) {
-        in_b -= static_cast<size_t>(t);
+        fresh -= static_cast<size_t>(t);
+        pending += static_cast<size_t>(t);
         in_a += static_cast<size_t>(t);
-        pipe_to_file(c.tee_read, file, static_cast<size_t>(t));
         progress = true;
       } else if (t < 0 && errno != EAGAIN && errno != EINTR) {
         c.keep_alive = false;
@@ -433,6 +463,8 @@ net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, FileTee& file, D
     if (in_a > 0) {
       if (!co_await wait_ready(out, tcp::socket::wait_write, write_timeout))
         throw UpstreamError("client stopped taking the body past the write timeout");
+    } else if (sink_full) {
+      if (!co_await wait_pipe_writable(sink.fd, write_timeout)) sink.failed = true;  // the cache's disk is stuck
     } else if (!co_await wait_ready(in, tcp::socket::wait_read, c.read_timeout)) {
       throw UpstreamError("upstream stalled while sending the body");
     }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <spdlog/spdlog.h>
 
 #include "cache/blob_store.hpp"
@@ -18,6 +19,12 @@ namespace {
 // its client): the queue holds finished files on disk, and a burst of cold pulls must not pile
 // up more of them than the thread can check soon.
 constexpr size_t kMaxQueued = 64;
+// Pipe threads (OriginalCapture::sink_pipe) at once; past this the network thread writes the file
+// itself.
+constexpr int kMaxWriters = 16;
+// What a pipe's thread moves to the file per call. The kernel holds the pipe's lock for the whole
+// call, while the network thread waits to put more into the pipe: small pieces keep that short.
+constexpr size_t kWriterChunk = 128 * 1024;
 
 // What a client must be able to read upstream to be shown a cached object of a repository (the
 // "proof" of cache.hpp's membership rows): for an original, the object itself.
@@ -31,47 +38,125 @@ void remove_file(const std::string& path) {
 
 // --- OriginalCapture --------------------------------------------------------------------------
 
-OriginalCapture::OriginalCapture(Originals& owner, OriginalObject object, std::string path, int fd)
-    : owner_(owner), object_(std::move(object)), path_(std::move(path)), fd_(fd) {}
+// What the network side and the pipe's thread share; `mutex` guards the fields after it.
+struct OriginalCapture::Shared {
+  OriginalObject object;
+  std::string path;
+  int fd = -1;
+  std::mutex mutex;
+  uint64_t written = 0;
+  bool failed = false;
+  bool network_done = false;
+  bool complete = false;  // the network side read the whole body
+  bool writer_running = false;
+};
+
+OriginalCapture::OriginalCapture(Originals& owner, std::shared_ptr<Shared> shared)
+    : owner_(owner), shared_(std::move(shared)) {}
 
 OriginalCapture::~OriginalCapture() {
-  if (finished_) return;
   // The transfer broke off (client gone, upstream failed or stalled): a partial file is never
   // committed.
-  ::close(fd_);
-  remove_file(path_);
-  owner_.release(object_.digest);
-  owner_.count(object_.kind, "aborted");
+  if (!ended_) end(false);
+}
+
+int OriginalCapture::fd() const { return shared_->fd; }
+
+void OriginalCapture::wrote(uint64_t bytes) {
+  std::lock_guard lock(shared_->mutex);
+  shared_->written += bytes;
+}
+
+void OriginalCapture::fail() {
+  std::lock_guard lock(shared_->mutex);
+  shared_->failed = true;
 }
 
 void OriginalCapture::write(const void* data, size_t size) {
   auto* p = static_cast<const char*>(data);
-  while (size > 0 && !failed_) {
-    ssize_t n = ::write(fd_, p, size);
+  uint64_t done = 0;
+  bool failed = false;
+  while (size > 0) {
+    ssize_t n = ::write(shared_->fd, p, size);
     if (n > 0) {
       p += n;
       size -= static_cast<size_t>(n);
-      written_ += static_cast<uint64_t>(n);
+      done += static_cast<uint64_t>(n);
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else {
-      failed_ = true;
+      failed = true;
+      break;
     }
   }
+  std::lock_guard lock(shared_->mutex);
+  shared_->written += done;
+  shared_->failed = shared_->failed || failed;
 }
 
-void OriginalCapture::finish() {
-  if (finished_) return;
-  finished_ = true;
-  ::close(fd_);
-  fd_ = -1;
-  if (failed_ || written_ != object_.size) {
-    remove_file(path_);
-    owner_.release(object_.digest);
-    owner_.count(object_.kind, failed_ ? "failed" : "incomplete");
-    return;
+int OriginalCapture::sink_pipe() {
+  if (pipe_write_ >= 0 || ended_ || !owner_.start_writer()) return -1;
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    owner_.writer_done();
+    return -1;
   }
-  owner_.enqueue(Originals::Job{object_, std::move(path_), std::nullopt});
+  ::fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
+  ::fcntl(fds[0], F_SETFL, 0);  // the thread's end blocks; the network side's stays non-blocking
+  pipe_write_ = fds[1];
+  {
+    std::lock_guard lock(shared_->mutex);
+    shared_->writer_running = true;
+  }
+  std::thread([owner = &owner_, shared = shared_, read_end = fds[0]] {
+    // Appends at explicit offsets after what the network thread wrote before the pipe started.
+    loff_t offset = 0;
+    {
+      std::lock_guard lock(shared->mutex);
+      offset = static_cast<loff_t>(shared->written);
+    }
+    uint64_t moved = 0;
+    bool failed = false;
+    while (true) {
+      ssize_t n = ::splice(read_end, nullptr, shared->fd, &offset, kWriterChunk, SPLICE_F_MOVE);
+      if (n > 0) {
+        moved += static_cast<uint64_t>(n);
+      } else if (n == 0) {
+        break;  // the network side closed its end
+      } else if (errno != EINTR) {
+        failed = true;  // its next write into the pipe fails (EPIPE): it gives the copy up
+        break;
+      }
+    }
+    ::close(read_end);
+    bool last = false;
+    {
+      std::lock_guard lock(shared->mutex);
+      shared->written += moved;
+      shared->failed = shared->failed || failed;
+      shared->writer_running = false;
+      last = shared->network_done;
+    }
+    if (last) owner->settle(*shared);
+    owner->writer_done();
+  }).detach();
+  return pipe_write_;
+}
+
+void OriginalCapture::finish() { end(true); }
+
+void OriginalCapture::end(bool complete) {
+  if (ended_) return;
+  ended_ = true;
+  if (pipe_write_ >= 0) ::close(pipe_write_);  // the pipe's thread drains the rest, then sees its end
+  bool last = false;
+  {
+    std::lock_guard lock(shared_->mutex);
+    shared_->network_done = true;
+    shared_->complete = complete;
+    last = !shared_->writer_running;
+  }
+  if (last) owner_.settle(*shared_);
 }
 
 // --- Originals --------------------------------------------------------------------------------
@@ -95,7 +180,10 @@ Originals::Originals(cache::Cache& cache, Metrics& metrics, uint64_t max_bytes)
 
 Originals::~Originals() {
   {
-    std::lock_guard lock(mutex_);
+    // Pipe threads end once the network side closed its pipes, which it has by now (the server
+    // is gone); what they settle may still be queued, and is then dropped below.
+    std::unique_lock lock(mutex_);
+    writers_gone_.wait(lock, [&] { return writers_ == 0; });
     stop_ = true;
   }
   wake_.notify_all();
@@ -109,6 +197,34 @@ void Originals::count(const std::string& kind, const char* result) {
 bool Originals::claim(const std::string& digest) {
   std::lock_guard lock(mutex_);
   return queue_.size() < kMaxQueued && in_flight_.insert(digest).second;
+}
+
+bool Originals::start_writer() {
+  std::lock_guard lock(mutex_);
+  if (writers_ >= kMaxWriters || stop_) return false;
+  ++writers_;
+  return true;
+}
+
+void Originals::writer_done() {
+  std::lock_guard lock(mutex_);
+  if (--writers_ == 0) {
+    writers_gone_.notify_all();
+    idle_.notify_all();
+  }
+}
+
+void Originals::settle(Shared& shared) {
+  ::close(shared.fd);
+  shared.fd = -1;
+  const OriginalObject& o = shared.object;
+  if (!shared.complete || shared.failed || shared.written != o.size) {
+    remove_file(shared.path);
+    release(o.digest);
+    count(o.kind, !shared.complete ? "aborted" : shared.failed ? "failed" : "incomplete");
+    return;
+  }
+  enqueue(Job{o, shared.path, std::nullopt});
 }
 
 void Originals::release(const std::string& digest) {
@@ -137,7 +253,11 @@ std::unique_ptr<OriginalCapture> Originals::capture(const OriginalObject& object
     return nullptr;
   }
   ::fchmod(fd, 0644);  // as the cache's own files: served by whoever runs the proxy
-  return std::unique_ptr<OriginalCapture>(new OriginalCapture(*this, object, std::move(path), fd));
+  auto shared = std::make_shared<Shared>();
+  shared->object = object;
+  shared->path = std::move(path);
+  shared->fd = fd;
+  return std::unique_ptr<OriginalCapture>(new OriginalCapture(*this, std::move(shared)));
 }
 
 void Originals::store(const OriginalObject& object, std::string bytes) {
@@ -170,7 +290,7 @@ void Originals::enqueue(Job job) {
 
 void Originals::drain() {
   std::unique_lock lock(mutex_);
-  idle_.wait(lock, [&] { return (queue_.empty() && !busy_) || stop_; });
+  idle_.wait(lock, [&] { return (queue_.empty() && !busy_ && writers_ == 0) || stop_; });
 }
 
 void Originals::run() {

@@ -37,36 +37,40 @@ struct OriginalObject {
 };
 
 // One body on its way into the cache. The network thread appends to it (write(), or the file
-// descriptor directly for splice/tee, then wrote()) and calls finish() once the whole body came
-// from the upstream. Destroyed without finish() (the client or the upstream went away): the file
-// is removed and nothing is committed.
+// descriptor directly, then wrote()) or feeds sink_pipe(), which a thread of the capture's own
+// drains into the file; it calls finish() once the whole body came from the upstream. Destroyed
+// without finish() (the client or the upstream went away): nothing is committed and the file goes.
+// Whichever of the network side and the pipe's thread is done last settles the capture: queue
+// the commit, or remove the file.
 class OriginalCapture {
  public:
   ~OriginalCapture();
   OriginalCapture(const OriginalCapture&) = delete;
   OriginalCapture& operator=(const OriginalCapture&) = delete;
 
-  int fd() const { return fd_; }
-  void wrote(uint64_t bytes) { written_ += bytes; }
+  int fd() const;
+  void wrote(uint64_t bytes);
   // Appends `size` bytes. A failing write (disk full) marks the capture failed; it never throws:
-  // the client's transfer goes on.
+  // the client's transfer goes on. Not after sink_pipe().
   void write(const void* data, size_t size);
-  void fail() { failed_ = true; }
-  bool failed() const { return failed_; }
-  // The whole body was read: hands the file to the committer (or counts why it cannot be kept).
+  // The write end of a non-blocking pipe whose bytes a thread of this capture appends to the file:
+  // the copy into the page cache then runs beside the transfer instead of in it. -1 when no such
+  // thread can be had now (the network thread then writes the file itself). Called once.
+  int sink_pipe();
+  void fail();
+  // The whole body was read.
   void finish();
 
  private:
   friend class Originals;
-  OriginalCapture(Originals& owner, OriginalObject object, std::string path, int fd);
+  struct Shared;
+  OriginalCapture(Originals& owner, std::shared_ptr<Shared> shared);
+  void end(bool complete);
 
   Originals& owner_;
-  OriginalObject object_;
-  std::string path_;
-  int fd_ = -1;
-  uint64_t written_ = 0;
-  bool failed_ = false;
-  bool finished_ = false;
+  std::shared_ptr<Shared> shared_;
+  int pipe_write_ = -1;
+  bool ended_ = false;
 };
 
 class Originals {
@@ -85,11 +89,12 @@ class Originals {
   std::unique_ptr<OriginalCapture> capture(const OriginalObject& object);
   // A body the caller read whole (a manifest): checked and committed on the committer thread.
   void store(const OriginalObject& object, std::string bytes);
-  // Waits until nothing is queued or being committed (tests).
+  // Waits until nothing is queued, being committed or being written by a pipe's thread (tests).
   void drain();
 
  private:
   friend class OriginalCapture;
+  using Shared = OriginalCapture::Shared;
   struct Job {
     OriginalObject object;
     std::string path;                  // a finished file in the cache's temporary directory, or
@@ -99,6 +104,10 @@ class Originals {
   bool claim(const std::string& digest);  // false: in flight already, or the queue is full
   void release(const std::string& digest);
   void enqueue(Job job);
+  // The network side and the pipe's thread are both done: queue the commit or remove the file.
+  void settle(Shared& shared);
+  bool start_writer();  // false: too many pipe threads already
+  void writer_done();
   void run();
   void commit(Job& job);
   void count(const std::string& kind, const char* result);
@@ -112,6 +121,8 @@ class Originals {
   std::set<std::string> in_flight_;  // digests being captured or committed
   bool busy_ = false;
   bool stop_ = false;
+  int writers_ = 0;  // pipe threads running (detached; waited for at destruction)
+  std::condition_variable writers_gone_;
   std::thread thread_;
 };
 

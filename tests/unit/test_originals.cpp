@@ -2,9 +2,11 @@
 // its bytes match the digest; a partial, failed, abandoned or wrong body leaves nothing indexed
 // and no file behind; one capture per digest at a time; a digest already cached only gains the
 // new repository's membership; manifests held in memory are checked the same way.
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
+
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <memory>
@@ -215,4 +217,71 @@ TEST_CASE("originals are bounded by the cache's LRU eviction like everything els
   CHECK(cache.blob(digests[1]));
   CHECK(cache.blob(digests[2]));
   CHECK(cache.check().empty());
+}
+
+namespace {
+
+// Writes all of `data` into a non-blocking pipe, waiting while it is full.
+void write_to_pipe(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else {
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, 1000);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a capture fed through its pipe: the pipe's thread writes the file, the last one done settles", "[originals]") {
+  Fixture f;
+  auto object = blob_of(kBody);
+  auto capture = f.originals.capture(object);
+  REQUIRE(capture);
+  capture->write(kBody.data(), 100);  // the bytes that came with the header, before the pipe
+  int pipe = capture->sink_pipe();
+  REQUIRE(pipe >= 0);
+  CHECK(capture->sink_pipe() == -1);  // once
+  write_to_pipe(pipe, kBody.substr(100));
+  capture->finish();
+  capture.reset();
+  f.originals.drain();
+  REQUIRE(f.cache.blob(object.digest));
+  CHECK(read_file(f.cache.blob_path(object.digest)) == kBody);
+  CHECK(f.temp_files() == 0);
+}
+
+TEST_CASE("a capture abandoned while its pipe's thread writes leaves nothing behind", "[originals]") {
+  Fixture f;
+  auto object = blob_of(kBody);
+  {
+    auto capture = f.originals.capture(object);
+    int pipe = capture->sink_pipe();
+    REQUIRE(pipe >= 0);
+    write_to_pipe(pipe, kBody.substr(0, 200'000));
+  }  // destroyed without finish()
+  f.originals.drain();
+  CHECK(f.has_line("accel_proxy_originals_stored_total{kind=\"blob\",result=\"aborted\"} 1"));
+  f.originals.drain();
+  CHECK_FALSE(f.cache.blob(object.digest));
+  CHECK(f.temp_files() == 0);
+  auto again = f.originals.capture(object);  // the digest was released
+  CHECK(again);
+}
+
+TEST_CASE("a pipe-fed capture whose body is short is not committed", "[originals]") {
+  Fixture f;
+  auto object = blob_of(kBody);
+  auto capture = f.originals.capture(object);
+  int pipe = capture->sink_pipe();
+  REQUIRE(pipe >= 0);
+  write_to_pipe(pipe, kBody.substr(0, kBody.size() - 3));
+  capture->finish();
+  f.originals.drain();
+  CHECK(f.has_line("accel_proxy_originals_stored_total{kind=\"blob\",result=\"incomplete\"} 1"));
+  CHECK(f.temp_files() == 0);
 }
