@@ -29,10 +29,12 @@ import pytest
 import requests
 
 import images
+import prom
 import registry_auth
 import variant_env as ve
 from hook_front import HookFront
 from multipart import parse_byteranges, parse_content_range
+from pki import make_pki
 from proxy import Proxy, supervised, upstream
 from registry import Registry
 from registry_auth import fetch_token, parse_challenge
@@ -56,7 +58,9 @@ def start_proxy(workdir, upstreams, variants=None, **options):
 
 
 def metric(proxy, name, **labels):
-    return ve.metric(proxy, name, **labels)
+    resp = requests.get(proxy.url + "/metrics", timeout=10, verify=proxy.verify)  # also over https
+    assert resp.status_code == 200
+    return prom.total(prom.parse(resp.text), name, **labels)
 
 
 def committed(proxy):
@@ -300,6 +304,27 @@ def test_with_variants_off(tmp_path_factory, open_reg, open_images):
         # No variants: a suffix tag is just a tag the upstream does not have.
         assert get(proxy, image.repo, "manifest", image.tag + ve.SUFFIX).status_code == 404
         assert requests.get(proxy.url + "/api/conversions", timeout=10).status_code == 404
+
+
+def test_over_tls(tmp_path_factory, open_reg, open_images):
+    """An HTTPS listener: the body is copied through the connection's buffer (no splice, no
+    sendfile), into the capture when cold and out of the cache file when warm."""
+    pki = make_pki(tmp_path_factory.mktemp("pki-originals"))
+    image = open_images["docker"]
+    with start_proxy(tmp_path_factory.mktemp("proxy-originals-tls"), [originals_upstream("main", open_reg.url)],
+                     tls=pki.server, ca=pki.ca) as proxy:
+        for kind, digest, data, mt in image.objects:
+            check_object(get(proxy, image.repo, kind, digest, verify=str(pki.ca)), kind, digest, data, mt)
+        wait_committed(proxy, len(image.objects))
+        log = ve.RegistryLog(open_reg)
+        mark = log.mark()
+        for kind, digest, data, mt in image.objects:
+            check_object(get(proxy, image.repo, kind, digest, verify=str(pki.ca)), kind, digest, data, mt)
+        _, digest, data, _ = max(image.blobs(), key=lambda o: len(o[2]))
+        r = get(proxy, image.repo, "blob", digest, verify=str(pki.ca), headers={"Range": "bytes=5-9,-300000"})
+        parts = parse_byteranges(r.headers["Content-Type"], r.content)
+        assert r.status_code == 206 and [p[1] for p in parts] == [data[5:10], data[-300000:]]
+        assert log.requests(mark) == []
 
 
 # ---- an upstream that lies, a client that leaves, a proxy that dies -----------------------
