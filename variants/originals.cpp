@@ -276,14 +276,16 @@ void Originals::store(const OriginalObject& object, std::string bytes) {
 }
 
 void Originals::enqueue(Job job) {
+  const bool claimed = !job.path.empty() || job.bytes;  // a membership-only job claims nothing
   {
     std::lock_guard lock(mutex_);
-    if (!stop_) {
+    // A membership row can wait for the next request when the queue is long; a body cannot.
+    if (!stop_ && (claimed || queue_.size() < kMaxQueued)) {
       queue_.push_back(std::move(job));
       wake_.notify_one();
       return;
     }
-    in_flight_.erase(job.object.digest);
+    if (claimed) in_flight_.erase(job.object.digest);
   }
   remove_file(job.path);
 }

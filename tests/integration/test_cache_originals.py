@@ -327,6 +327,23 @@ def test_over_tls(tmp_path_factory, open_reg, open_images):
         assert log.requests(mark) == []
 
 
+def test_blobs_behind_a_storage_redirect(tmp_path_factory, redirect_front, pushed_images):
+    """Blob reads answered with 307 to storage (followed by the proxy): the storage's 200 is
+    kept, and the read check of a warm request follows the redirect too."""
+    repo, digest, data = pushed_images.big_repo, pushed_images.big_digest, pushed_images.big_data
+    with start_proxy(tmp_path_factory.mktemp("proxy-originals-redirect"),
+                     [originals_upstream("main", redirect_front.url)], ve.variants_config(authorization_ttl="1s")) as proxy:
+        r = get(proxy, repo, "blob", digest)
+        assert r.status_code == 200 and r.content == data
+        wait_committed(proxy, 1)
+        time.sleep(1.2)  # the cold answer's grant has expired: the warm GET checks upstream first
+        allowed = metric(proxy, "accel_proxy_authorization_checks_total", result="allowed")
+        r = get(proxy, repo, "blob", digest, headers={"Range": "bytes=1000-1999"})
+        assert r.status_code == 206 and r.content == data[1000:2000]
+        assert metric(proxy, "accel_proxy_authorization_checks_total", result="allowed") == allowed + 1
+        assert metric(proxy, "accel_proxy_originals_hits_total", kind="blob") == 1
+
+
 # ---- an upstream that lies, a client that leaves, a proxy that dies -----------------------
 
 def flip_for(digests):
