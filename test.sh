@@ -37,7 +37,7 @@ cmake --build build-asan -j"$jobs" --target accel-proxy
   ACCEL_PROXY_BIN="$PWD/../../build-asan/accel-proxy" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
     test_passthrough.py test_range.py test_bad_input.py test_tags_referrers.py test_routing.py \
     test_auth.py test_operations.py test_tls.py test_listen_tls.py test_coalescing.py test_transparent.py \
-    test_writeback.py test_replicas.py test_writes.py test_conformance_writes.py)
+    test_writeback.py test_replicas.py test_writes.py test_conformance_writes.py test_cache_originals.py)
 
 echo "== Nydus conversion, check and convert-on-pull against the ASan + UBSan binary"
 # The conversion threads end to end (tar, blob writer, bootstrap, merge, check) under the

@@ -57,7 +57,7 @@ void parse_listen(const std::string& listen, Config& config) {
 UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
   std::string where = "upstreams[" + std::to_string(index) + "]";
   check_keys(node, where, {"name", "url", "hosts", "ca_file", "insecure_skip_verify", "token_proxy",
-                           "max_idle_connections", "robot", "writeback", "writes"});
+                           "max_idle_connections", "robot", "writeback", "writes", "cache_originals"});
   UpstreamConfig u;
   if (!node["url"]) fail(where + ": 'url' is required");
   u.url = scalar<std::string>(node["url"], where + ".url");
@@ -83,6 +83,7 @@ UpstreamConfig parse_upstream(const YAML::Node& node, size_t index) {
     else if (w == "refuse") u.writes = UpstreamConfig::Writes::refuse;
     else fail(where + ".writes: expected pass or refuse, got '" + w + "'");
   }
+  if (node["cache_originals"]) u.cache_originals = scalar<bool>(node["cache_originals"], where + ".cache_originals");
   if (auto robot = node["robot"]) {
     check_keys(robot, where + ".robot", {"username", "password"});
     if (robot["username"]) u.robot_username = scalar<std::string>(robot["username"], where + ".robot.username");
@@ -214,6 +215,12 @@ const UpstreamConfig* Config::find_upstream(std::string_view name) const {
   for (const auto& u : upstreams)
     if (u.name == name) return &u;
   return nullptr;
+}
+
+bool Config::caches_originals() const {
+  for (const auto& u : upstreams)
+    if (u.cache_originals) return true;
+  return false;
 }
 
 const UpstreamConfig& Config::upstream_for_ns(std::string_view ns) const {

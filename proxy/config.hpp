@@ -41,6 +41,10 @@ struct UpstreamConfig {
   // Pushes (PUT/POST/PATCH/DELETE under /v2/) through the proxy: `pass` forwards them with their
   // bodies streamed (a transparent front end), `refuse` answers 405 UNSUPPORTED (a pure mirror).
   enum class Writes { pass, refuse } writes = Writes::pass;
+  // Original blobs and manifests a client fetched by digest are kept in the cache (written while
+  // they stream, committed once their digest checks out) and served from it to clients the
+  // upstream lets read the repository. Tags and everything else still go upstream.
+  bool cache_originals = false;
 
   bool tls() const { return scheme == "https"; }
   // "host" or "host:port" when the port is not the scheme's default: the Host header to send.
@@ -152,6 +156,8 @@ struct Config {
   CoordinationConfig coordination;
 
   const UpstreamConfig* find_upstream(std::string_view name) const;
+  // Some upstream has `cache_originals`: the cache is needed even with variants off.
+  bool caches_originals() const;
   // The upstream for a request: the one listing `ns` among its hosts, else the default.
   const UpstreamConfig& upstream_for_ns(std::string_view ns) const;
 };

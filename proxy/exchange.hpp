@@ -22,7 +22,11 @@ net::awaitable<UpstreamClient::Fetched> fetch(ProxyContext& ctx, std::string_vie
 Request upstream_request(const Request& client_request, http::verb method, std::string target, const Endpoint& endpoint);
 // The upstream answer's end-to-end headers, to pass on.
 ResponseHead head_from(const UpstreamResponse& response);
-net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit = UINT64_MAX);
+class OriginalCapture;  // variants/originals.hpp
+// Streams the rest of the body to the client: splice(2) between plain sockets, else copied. With
+// `capture`, every byte is also given to it (tee(2) on the splice path).
+net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit = UINT64_MAX,
+                                 OriginalCapture* capture = nullptr);
 net::awaitable<void> relay(UpstreamResponse& response, ClientConnection& client, ResponseHead head);
 // With token_proxy: points Bearer challenges at our /auth/token/<upstream>.
 void rewrite_challenge(ProxyContext& ctx, const UpstreamConfig& upstream, const Request& request, ResponseHead& head);

@@ -210,7 +210,8 @@ ResponseHead head_from(const UpstreamResponse& response) {
 // round trip and separate writes, which only pays off for blobs.
 constexpr uint64_t kSpliceMinBytes = 64 * 1024;
 
-net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit) {
+net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& client, uint64_t limit,
+                                 OriginalCapture* capture) {
   auto unbuffered = response.unbuffered_body_bytes();
   auto* plain_client = client.plain_socket();
   if (limit == UINT64_MAX && plain_client && client.raw_body() && unbuffered && *unbuffered >= kSpliceMinBytes) {
@@ -220,16 +221,31 @@ net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& c
     while (size_t buffered = response.buffered_body_bytes()) {
       size_t n = co_await response.read_some(net::buffer(scratch.data(), std::min<uint64_t>(buffered, scratch.size())));
       if (n == 0) break;
+      if (capture) capture->write(scratch.data(), n);
       co_await client.write_body(net::buffer(scratch.data(), n));
     }
     co_await client.flush();
     uint64_t moved = 0;
     bool spliced = false;
+    // Kept for the cache too: tee(2) gives the capture its copy without a pass through user
+    // space, into a pipe that the capture's own thread writes to the file (the copy into the
+    // page cache is then not this thread's work), else into the file.
+    TeeSink sink;
+    if (capture && response.can_splice()) {
+      sink.fd = capture->sink_pipe();
+      sink.pipe = sink.fd >= 0;
+      if (!sink.pipe) sink.fd = capture->fd();
+    }
     try {
-      spliced = co_await response.splice_to(*plain_client, client.write_timeout(), moved);
+      spliced = sink.fd >= 0 ? co_await response.tee_to(*plain_client, sink, client.write_timeout(), moved)
+                             : co_await response.splice_to(*plain_client, client.write_timeout(), moved);
     } catch (...) {
       client.count_body(moved);
       throw;
+    }
+    if (sink.fd >= 0) {
+      if (!sink.pipe) capture->wrote(sink.written);  // a pipe's thread counts what reached the file
+      if (sink.failed) capture->fail();
     }
     if (spliced) {
       client.count_body(moved);
@@ -242,6 +258,7 @@ net::awaitable<void> stream_body(UpstreamResponse& response, ClientConnection& c
     size_t want = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
     size_t n = co_await response.read_some(net::buffer(scratch.data(), want));
     if (n == 0) break;
+    if (capture) capture->write(scratch.data(), n);
     co_await client.write_body(net::buffer(scratch.data(), n));
     left -= n;
   }
@@ -503,6 +520,9 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
         co_return;
       }
       std::optional<std::string> body;  // set when the whole answer is read here
+      // cache_originals: a manifest by digest is read whole (it is at most max_manifest_bytes) and
+      // kept once its digest checks out.
+      const bool keep = status == 200 && keeps_original(ctx, request, route, upstream);
       if (status == 200 && !length && !head_request) {  // chunked: read it whole (bounded) to check the size
         std::string whole;
         try {
@@ -515,12 +535,15 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
           co_return;
         }
         body = std::move(whole);
-      } else if (landing && (head_request || response.body_done() || (length && *length <= kSharedAnswerMaxBytes))) {
+      } else if ((landing || keep) &&
+                 (head_request || response.body_done() || (length && (keep || *length <= kSharedAnswerMaxBytes)))) {
         // (no co_await inside ?: — GCC 12 miscompiles the temporaries there)
         body.emplace();
-        if (!response.body_done()) *body = co_await response.read_all(kSharedAnswerMaxBytes);
+        const uint64_t limit = keep ? ctx.config.limits.max_manifest_bytes : kSharedAnswerMaxBytes;
+        if (!response.body_done()) *body = co_await response.read_all(limit);
       }
       if (body) {
+        if (keep) keep_original_manifest(ctx, request, route, upstream, response, *body);
         SharedAnswer answer{std::move(head), std::move(*body)};
         // A HEAD, 204 or 304 answer keeps the upstream's Content-Length (that of the full body).
         if (!head_request && status != 204 && status != 304) answer.head.content_length = answer.body.size();
@@ -540,6 +563,15 @@ net::awaitable<void> forward_registry(ProxyContext& ctx, const Request& request,
       if (status == 200 || status == 206) head.set("Accept-Ranges", "bytes");
       if (range.kind == RangeHeader::Kind::ranges && status == 200 && !head_request && response.content_length()) {
         co_await serve_ranges(ctx, upstream.name, endpoint, *origin_request, std::move(fetched), range, client);
+        co_return;
+      }
+      // cache_originals: the body is also written to the cache as it streams, and committed only
+      // once all of it came and matches the digest (variants/originals.hpp).
+      if (auto capture = capture_original(ctx, request, route, upstream, response)) {
+        co_await client.write_head(head);
+        co_await stream_body(response, client, UINT64_MAX, capture.get());
+        capture->finish();  // every byte came from the upstream and went to the client's socket
+        co_await client.finish();
         co_return;
       }
       break;

@@ -46,4 +46,45 @@ bool connection_lists(std::string_view value, std::string_view name) {
   return false;
 }
 
+namespace {
+
+// "q=0", "q=0.0", "q=0.000" (with any white space and case): the range is refused.
+bool refuses(std::string_view params) {
+  while (!params.empty()) {
+    size_t semi = params.find(';');
+    std::string_view p = trim_ows(params.substr(0, semi));
+    if (p.size() >= 2 && ascii_lower(p[0]) == 'q' && trim_ows(p.substr(1)).starts_with('=')) {
+      std::string_view v = trim_ows(trim_ows(p.substr(1)).substr(1));
+      if (v.empty() || v[0] != '0') return false;
+      for (char c : v.substr(1))
+        if (c != '.' && c != '0') return false;
+      return true;
+    }
+    if (semi == std::string_view::npos) break;
+    params.remove_prefix(semi + 1);
+  }
+  return false;
+}
+
+}  // namespace
+
+bool accept_allows(std::string_view accept, std::string_view media_type) {
+  if (trim_ows(accept).empty()) return true;
+  const size_t slash = media_type.find('/');
+  while (!accept.empty()) {
+    size_t comma = accept.find(',');
+    std::string_view entry = accept.substr(0, comma);
+    size_t semi = entry.find(';');
+    std::string_view range = trim_ows(entry.substr(0, semi));
+    std::string_view params = semi == std::string_view::npos ? std::string_view() : entry.substr(semi + 1);
+    bool matches = iequals(range, media_type) || range == "*/*" ||
+                   (slash != std::string_view::npos && range.size() == slash + 2 && range.ends_with("/*") &&
+                    iequals(range.substr(0, slash), media_type.substr(0, slash)));
+    if (matches && !refuses(params)) return true;
+    if (comma == std::string_view::npos) break;
+    accept.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
 }  // namespace accel

@@ -102,7 +102,7 @@ int serve(const std::vector<std::string_view>& args) {
 
   accel::Metrics metrics;
   std::unique_ptr<accel::Variants> variants;
-  if (config.variants.enabled) variants = std::make_unique<accel::Variants>(config, metrics);
+  if (config.variants.enabled || config.caches_originals()) variants = std::make_unique<accel::Variants>(config, metrics);
   accel::Server server(config, metrics, variants.get());
   uint16_t port = server.bind();
   for (const auto& u : config.upstreams)

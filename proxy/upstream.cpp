@@ -3,7 +3,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <fcntl.h>
@@ -88,6 +90,10 @@ class UpstreamConnection {
   int pipe_read = -1;
   int pipe_write = -1;
   size_t pipe_capacity = 0;
+  // A second one for tee_to: the bytes on their way to the file.
+  int tee_read = -1;
+  int tee_write = -1;
+  size_t tee_capacity = 0;
 
   template <class... Args>
   explicit UpstreamConnection(Args&&... args) : stream(std::forward<Args>(args)...) {
@@ -96,8 +102,8 @@ class UpstreamConnection {
     buffer.reserve(16 * 1024);
   }
   ~UpstreamConnection() {
-    if (pipe_read >= 0) ::close(pipe_read);
-    if (pipe_write >= 0) ::close(pipe_write);
+    for (int fd : {pipe_read, pipe_write, tee_read, tee_write})
+      if (fd >= 0) ::close(fd);
   }
 
   tcp::socket& lowest() {
@@ -251,18 +257,53 @@ net::awaitable<bool> wait_ready(tcp::socket& socket, tcp::socket::wait_type type
   co_return true;
 }
 
+namespace {
+
+// A non-blocking pipe of 1 MiB (the size measured best for splice; DECISIONS.md), made once per
+// connection. False if the system refuses one (the caller then copies).
+bool ensure_pipe(int& read_end, int& write_end, size_t& capacity) {
+  if (read_end >= 0) return true;
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  read_end = fds[0];
+  write_end = fds[1];
+  int size = ::fcntl(write_end, F_SETPIPE_SZ, 1 << 20);
+  capacity = size > 0 ? static_cast<size_t>(size) : 65536;
+  return true;
+}
+
+// Reads and drops `count` bytes from the pipe (they are in it): a failed sink's share.
+void drop_from_pipe(int pipe, size_t count) {
+  char sink[16 * 1024];
+  while (count > 0) {
+    ssize_t n = ::read(pipe, sink, std::min(count, sizeof sink));
+    if (n > 0) count -= static_cast<size_t>(n);
+    else if (n < 0 && errno == EINTR) continue;
+    else break;
+  }
+}
+
+// Waits until the pipe `fd` can take bytes; false when `timeout` passed first.
+net::awaitable<bool> wait_pipe_writable(int fd, Duration timeout) {
+  using namespace net::experimental::awaitable_operators;
+  auto executor = co_await net::this_coro::executor;
+  net::posix::stream_descriptor pipe(executor, fd);
+  struct Release {  // the descriptor is borrowed: never closed here
+    net::posix::stream_descriptor& d;
+    ~Release() { d.release(); }
+  } release{pipe};
+  net::steady_timer timer(executor, timeout);
+  auto result = co_await (pipe.async_wait(net::posix::descriptor_base::wait_write, use_tuple) || timer.async_wait(use_tuple));
+  co_return result.index() == 0 && !std::get<0>(std::get<0>(result));
+}
+
+}  // namespace
+
 net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration write_timeout, uint64_t& moved) {
   auto& c = *connection_;
   auto* plain = std::get_if<UpstreamConnection::Plain>(&c.stream);
   if (!plain || !c.raw_body || c.done) co_return false;
-  if (c.pipe_read < 0) {
-    int fds[2];
-    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) co_return false;
-    c.pipe_read = fds[0];
-    c.pipe_write = fds[1];
-    int size = ::fcntl(c.pipe_write, F_SETPIPE_SZ, 1 << 20);
-    c.pipe_capacity = size > 0 ? static_cast<size_t>(size) : 65536;
-  }
+  if (!ensure_pipe(c.pipe_read, c.pipe_write, c.pipe_capacity)) co_return false;
   if (c.buffer.size() > 0) {  // body bytes that arrived with the header
     size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
     co_await net::async_write(out, net::buffer(c.buffer.data().data(), n), net::use_awaitable);
@@ -307,6 +348,125 @@ net::awaitable<bool> UpstreamResponse::splice_to(tcp::socket& out, Duration writ
         c.keep_alive = false;
         throw UpstreamError("client connection failed during the transfer");
       }
+    }
+  }
+  c.done = true;
+  co_return true;
+}
+
+bool UpstreamResponse::can_splice() const {
+  const auto& c = *connection_;
+  return std::holds_alternative<UpstreamConnection::Plain>(c.stream) && c.raw_body && !c.done;
+}
+
+// splice_to with a copy of every byte for `sink`. The body flows upstream -> pipe C (splice),
+// C -> pipe A (tee: the pages are shared, not copied), the same bytes C -> sink (splice: into a
+// file the kernel copies them to the page cache; into a sink pipe it moves the pages), and A ->
+// `out` (splice). tee(2) always duplicates from the head of C, so C is teed again only once the
+// sink took everything teed before: C holds teed bytes waiting for the sink, then fresh ones.
+// When the sink fails (disk full, its reader gone, full past the write timeout) the body goes
+// on upstream -> A -> `out` alone: the client's transfer never depends on the cache.
+net::awaitable<bool> UpstreamResponse::tee_to(tcp::socket& out, TeeSink& sink, Duration write_timeout, uint64_t& moved) {
+  auto& c = *connection_;
+  if (!can_splice()) co_return false;
+  if (!ensure_pipe(c.pipe_read, c.pipe_write, c.pipe_capacity) || !ensure_pipe(c.tee_read, c.tee_write, c.tee_capacity))
+    co_return false;
+  if (c.buffer.size() > 0) {  // body bytes that arrived with the header
+    size_t n = static_cast<size_t>(std::min<uint64_t>(c.buffer.size(), c.remaining));
+    const char* data = static_cast<const char*>(c.buffer.data().data());
+    for (size_t done = 0; done < n && !sink.failed;) {  // an empty sink pipe takes these at once
+      ssize_t w = ::write(sink.fd, data + done, n - done);
+      if (w > 0) done += static_cast<size_t>(w), sink.written += static_cast<uint64_t>(w);
+      else if (w < 0 && errno == EINTR) continue;
+      else sink.failed = true;
+    }
+    co_await net::async_write(out, net::buffer(data, n), net::use_awaitable);
+    c.buffer.consume(n);
+    c.remaining -= n;
+    moved += n;
+  }
+  tcp::socket& in = std::get<UpstreamConnection::Plain>(c.stream);
+  c.deadline.expires_never();  // the waits below keep their own timeout
+  if (!in.non_blocking()) in.non_blocking(true);
+  if (!out.non_blocking()) out.non_blocking(true);
+  size_t in_a = 0;     // A: for the client
+  size_t fresh = 0;    // C: not yet teed
+  size_t pending = 0;  // C's head: teed (so in A too), not yet taken by the sink
+  const unsigned sink_flags = SPLICE_F_MOVE | (sink.pipe ? SPLICE_F_NONBLOCK : 0);
+  // Any bytes left in the pipes on an error are dropped with the connection (it is not reused).
+  while (c.remaining > 0 || in_a > 0 || fresh > 0 || pending > 0) {
+    bool progress = false;
+    bool sink_full = false;
+    if (c.remaining > 0) {
+      // Through C while it holds anything: bytes must reach A in order.
+      const bool via_c = !sink.failed || fresh > 0 || pending > 0;
+      const size_t used = via_c ? fresh + pending : in_a;
+      const size_t capacity = via_c ? c.tee_capacity : c.pipe_capacity;
+      if (used < capacity) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(c.remaining, capacity - used));
+        ssize_t n = ::splice(in.native_handle(), nullptr, via_c ? c.tee_write : c.pipe_write, nullptr, want,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          (via_c ? fresh : in_a) += static_cast<size_t>(n);
+          c.remaining -= static_cast<uint64_t>(n);
+          progress = true;
+        } else if (n == 0) {
+          c.keep_alive = false;
+          throw UpstreamError("upstream closed the connection before the end of the body");
+        } else if (errno != EAGAIN && errno != EINTR) {
+          c.keep_alive = false;
+          throw UpstreamError(std::string("splice from upstream failed: ") + std::strerror(errno));
+        }
+      }
+    }
+    if (pending > 0 && !sink.failed) {
+      ssize_t n = ::splice(c.tee_read, nullptr, sink.fd, nullptr, pending, sink_flags);
+      if (n > 0) {
+        pending -= static_cast<size_t>(n);
+        sink.written += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        sink_full = true;
+      } else if (!(n < 0 && errno == EINTR)) {
+        sink.failed = true;
+      }
+    }
+    if (pending > 0 && sink.failed) {
+      drop_from_pipe(c.tee_read, pending);
+      pending = 0;
+      progress = true;
+    }
+    if (pending == 0 && fresh > 0) {
+      ssize_t t = ::tee(c.tee_read, c.pipe_write, fresh, SPLICE_F_NONBLOCK);
+      if (t > 0) {
+        fresh -= static_cast<size_t>(t);
+        pending += static_cast<size_t>(t);
+        in_a += static_cast<size_t>(t);
+        progress = true;
+      } else if (t < 0 && errno != EAGAIN && errno != EINTR) {
+        c.keep_alive = false;
+        throw UpstreamError(std::string("tee failed: ") + std::strerror(errno));
+      }  // EAGAIN: A is full, the client must take some first
+    }
+    if (in_a > 0) {
+      ssize_t n = ::splice(c.pipe_read, nullptr, out.native_handle(), nullptr, in_a, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        in_a -= static_cast<size_t>(n);
+        moved += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        c.keep_alive = false;
+        throw UpstreamError("client connection failed during the transfer");
+      }
+    }
+    if (progress) continue;
+    if (in_a > 0) {
+      if (!co_await wait_ready(out, tcp::socket::wait_write, write_timeout))
+        throw UpstreamError("client stopped taking the body past the write timeout");
+    } else if (sink_full) {
+      if (!co_await wait_pipe_writable(sink.fd, write_timeout)) sink.failed = true;  // the cache's disk is stuck
+    } else if (!co_await wait_ready(in, tcp::socket::wait_read, c.read_timeout)) {
+      throw UpstreamError("upstream stalled while sending the body");
     }
   }
   c.done = true;

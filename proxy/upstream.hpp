@@ -63,6 +63,15 @@ net::awaitable<bool> wait_ready(net::ip::tcp::socket& socket, net::ip::tcp::sock
 class UpstreamConnection;
 class UpstreamClient;
 
+// Where UpstreamResponse::tee_to sends its copy of a body: a file, or the write end of a pipe
+// that another thread drains into one (then the copy into the page cache is that thread's work).
+struct TeeSink {
+  int fd = -1;
+  bool pipe = false;     // a non-blocking pipe: it may be full for a while
+  uint64_t written = 0;  // bytes the sink took
+  bool failed = false;   // the sink failed (disk full, its reader gone): it got no more bytes
+};
+
 // A request body that is streamed upstream rather than held: a client's push (the session reads
 // it piece by piece from the client's connection, see server.cpp).
 class BodySource {
@@ -111,6 +120,12 @@ class UpstreamResponse {
   // an error or a stall). The upstream gets its read timeout to send more, `out` gets
   // `write_timeout` to take more.
   net::awaitable<bool> splice_to(net::ip::tcp::socket& out, Duration write_timeout, uint64_t& moved);
+  // splice_to, and every byte also given to `sink`, without copying through user space (tee(2)
+  // and splice(2)). A failing sink never stops the transfer; neither does a sink pipe that
+  // stays full for `write_timeout` (it is given up).
+  net::awaitable<bool> tee_to(net::ip::tcp::socket& out, TeeSink& sink, Duration write_timeout, uint64_t& moved);
+  // splice_to and tee_to would move the body (a plain-TCP upstream, a Content-Length body).
+  bool can_splice() const;
   // Reads and drops `count` body bytes.
   net::awaitable<void> skip(uint64_t count, net::mutable_buffer scratch);
 

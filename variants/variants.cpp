@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "auth/credentials.hpp"
+#include "cache/blob_store.hpp"
 #include "convert/sha256.hpp"
 #include "proxy/exchange.hpp"
 #include "proxy/http_headers.hpp"
@@ -38,6 +39,14 @@ constexpr const char* kManifestAccept =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
     "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+
+// Variants proper (conversions, variant requests, webhooks, referrers) are on. The Variants object
+// also exists for `cache_originals` alone; then only cached originals are served.
+bool variants_on(const ProxyContext& ctx) { return ctx.variants && ctx.config.variants.enabled; }
+
+// Bodies up to this size are read from the file and leave with the answer's head in one write:
+// for a manifest, a separate write of the head and a sendfile cost more than the copy.
+constexpr uint64_t kInlineMaxBytes = 64 * 1024;
 
 cache::CacheLimits cache_limits(const Config& config) {
   cache::CacheLimits l;
@@ -98,8 +107,11 @@ struct Served {
 
 // Serves a cached object (manifest or blob) with HEAD, Range and multi-range. Returns false,
 // having sent nothing, when the cache does not hold it (never cached, or evicted meanwhile).
+// `kind` ("blob", "manifest") labels the metrics: a variant's hit, or with `original` an
+// original's (hits and body bytes).
 net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, ClientConnection& client,
-                                  const std::string& digest, const char* cache_label, Served* served = nullptr) {
+                                  const std::string& digest, const char* kind, bool original = false,
+                                  Served* served = nullptr) {
   auto& cache = ctx.variants->cache();
   auto pin = cache.pin(digest);  // first: a pinned blob is not evicted while we send it
   auto info = cache.blob(digest);
@@ -117,7 +129,21 @@ net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, Cli
     ~Close() { ::close(fd); }
   } close_fd{fd};
   cache.touch(digest);
-  ctx.metrics.add("accel_proxy_cache_hits_total", {{"kind", cache_label}});
+  if (original) ctx.metrics.add("accel_proxy_originals_hits_total", {{"kind", kind}});
+  else ctx.metrics.add("accel_proxy_cache_hits_total", {{"kind", kind}});
+  const uint64_t sent_before = client.body_bytes();
+  struct CountBytes {  // also when the transfer breaks off: what was sent, was sent
+    ProxyContext& ctx;
+    ClientConnection& client;
+    const char* kind;
+    bool original;
+    uint64_t before;
+    ~CountBytes() {
+      if (original && client.body_bytes() > before)
+        ctx.metrics.add("accel_proxy_originals_served_bytes_total", {{"kind", kind}},
+                        static_cast<double>(client.body_bytes() - before));
+    }
+  } count_bytes{ctx, client, kind, original, sent_before};
 
   const uint64_t size = info->size;
   ResponseHead head = registry_head();
@@ -146,6 +172,14 @@ net::awaitable<bool> serve_cached(ProxyContext& ctx, const Request& request, Cli
     head.content_length = size;
     co_await client.write_head(head);
     if (head_only) co_return true;
+    if (size <= kInlineMaxBytes) {
+      auto scratch = client.scratch();
+      ssize_t n = ::pread(fd, scratch.data(), static_cast<size_t>(size), 0);
+      if (n < 0 || static_cast<uint64_t>(n) != size) throw std::runtime_error("cached blob shorter than indexed");
+      co_await client.write_body(net::buffer(scratch.data(), static_cast<size_t>(n)));
+      co_await client.finish();
+      co_return true;
+    }
     co_await client.flush();
     co_await send_file_range(client, fd, 0, size);
     co_return true;
@@ -180,7 +214,7 @@ net::awaitable<bool> serve_variant(ProxyContext& ctx, const Request& request, Cl
                                    const std::string& cache_key, Served* served) {
   auto variant = ctx.variants->cache().manifest_variant(cache_key);
   if (!variant) co_return false;
-  co_return co_await serve_cached(ctx, request, client, variant->digest, "manifest", served);
+  co_return co_await serve_cached(ctx, request, client, variant->digest, "manifest", false, served);
 }
 
 int64_t unix_ms() {
@@ -266,7 +300,9 @@ Variants::Variants(const Config& config, Metrics& metrics)
     : metrics_(metrics),
       cache_(config.cache_dir, cache_limits(config)),
       conversions_(config, cache_, metrics),
-      grants_(config.variants.authorization_ttl) {
+      grants_(config.variants.authorization_ttl),
+      originals_(config.caches_originals() ? std::make_unique<Originals>(cache_, metrics, config.variants.cache_max_bytes)
+                                           : nullptr) {
   using T = Metrics::Type;
   metrics.describe("accel_proxy_cache_hits_total", T::counter, "Variant objects served from the cache, by kind.");
   metrics.describe("accel_proxy_cache_misses_total", T::counter, "Variant requests that needed a conversion, by format.");
@@ -279,7 +315,7 @@ Variants::Variants(const Config& config, Metrics& metrics)
     coordinator->listen("tags", [this, self = coordinator->replica_id()](const std::string& message) {
       on_tag_broadcast(message, self);
     });
-  if (config.variants.learn_prefetch.enabled) {
+  if (config.variants.enabled && config.variants.learn_prefetch.enabled) {
     learned_ = std::make_shared<LearnedPrefetch>(config, cache_, conversions_, metrics);
     std::weak_ptr<LearnedPrefetch> weak = learned_;
     conversions_.set_learned_prefetch([weak](const ConversionKey& key) {
@@ -333,21 +369,33 @@ net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& re
   auto& cache = ctx.variants->cache();
   const std::string scope = upstream.name + "/" + route.repository;
 
-  // Anything we made for this repository, asked for by digest (blobs, child manifests, and the
-  // variant manifest itself after a client resolved its tag).
+  // Anything we made or kept for this repository, asked for by digest (blobs, child manifests, the
+  // variant manifest itself after a client resolved its tag, and with cache_originals the
+  // originals fetched through this repository).
   if (route.kind == RouteKind::blob || (route.kind == RouteKind::manifest && route.reference_is_digest())) {
     if (auto proof = cache.member(scope, route.reference)) {
-      if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
-      // Evicted meanwhile: the upstream may still have the object, so the ordinary path asks it.
-      Served served;
-      const bool blob = route.kind == RouteKind::blob;
-      if (co_await serve_cached(ctx, request, client, route.reference, blob ? "blob" : "manifest", &served)) {
-        note_served(ctx, request, client, scope, !blob, served);
-        co_return true;
+      // An original's proof is the object itself; a converted object's is its source.
+      const bool original = std::string_view(*proof).substr(proof->find(':') + 1) == route.reference;
+      const char* kind = route.kind == RouteKind::blob ? "blob" : "manifest";
+      bool serve = original ? upstream.cache_originals : variants_on(ctx);
+      if (serve && original && route.kind == RouteKind::manifest) {
+        // A client that does not accept the kept manifest's type gets whatever the upstream says.
+        auto info = cache.blob(route.reference);
+        serve = info && accept_allows(request[http::field::accept], info->media_type);
+      }
+      if (serve) {
+        if (!co_await client_may_read(ctx, request, upstream, route.repository, *proof, client)) co_return true;
+        // Evicted meanwhile: the upstream may still have the object, so the ordinary path asks it.
+        Served served;
+        if (co_await serve_cached(ctx, request, client, route.reference, kind, original, &served)) {
+          // Learned prefetch reads what lazy pullers read of variants; originals have no file index.
+          if (!original) note_served(ctx, request, client, scope, route.kind == RouteKind::manifest, served);
+          co_return true;
+        }
       }
     }
   }
-  if (route.kind != RouteKind::manifest) co_return false;
+  if (route.kind != RouteKind::manifest || !variants_on(ctx)) co_return false;
   auto ask = variant_asked(route.reference, request[ctx.config.variants.header], request[http::field::accept],
                            ctx.config.variants);
   if (!ask) co_return false;
@@ -523,7 +571,7 @@ void forget_tag(ProxyContext& ctx, const UpstreamConfig& upstream, const std::st
 
 void convert_pushed(ProxyContext& ctx, const UpstreamConfig& upstream, const std::string& repository,
                     const std::string& digest, const std::string& reference) {
-  if (!ctx.variants || ctx.config.webhooks.rules.empty()) return;
+  if (!variants_on(ctx) || ctx.config.webhooks.rules.empty()) return;
   PushEvent event;
   event.repository = repository;
   event.digest = digest;
@@ -535,7 +583,7 @@ void convert_pushed(ProxyContext& ctx, const UpstreamConfig& upstream, const std
 std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string& upstream, const std::string& repository,
                                            const std::string& source_digest) {
   std::vector<std::string> out;
-  if (!ctx.variants) return out;
+  if (!variants_on(ctx)) return out;
   const ConversionKey source{upstream, repository, source_digest, ""};
   auto& cache = ctx.variants->cache();
   for (const auto& [key, record] : cache.variants_of(source.source_key())) {
@@ -556,7 +604,7 @@ std::vector<std::string> variant_referrers(ProxyContext& ctx, const std::string&
 }
 
 net::awaitable<void> handle_webhook(ProxyContext& ctx, const Request& request, const Route& route, ClientConnection& client) {
-  if (!ctx.variants || ctx.config.webhooks.secret.empty()) {
+  if (!variants_on(ctx) || ctx.config.webhooks.secret.empty()) {
     co_await send_error(client, 404, "UNSUPPORTED", "webhooks are not configured");
     co_return;
   }
@@ -620,7 +668,7 @@ net::awaitable<void> handle_prefetch_api(ProxyContext& ctx, const Request& reque
 }
 
 net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& request, ClientConnection& client) {
-  if (!ctx.variants) {
+  if (!variants_on(ctx)) {
     co_await send_error(client, 404, "UNSUPPORTED", "variants are off");
     co_return;
   }
@@ -630,6 +678,55 @@ net::awaitable<void> handle_conversions_api(ProxyContext& ctx, const Request& re
   }
   std::string listing = conversions_listing(ctx);
   co_await send_local(client, 200, "application/json", listing);
+}
+
+// --- Originals (cache_originals) -----------------------------------------------------------------
+
+bool keeps_original(const ProxyContext& ctx, const Request& request, const Route& route, const UpstreamConfig& upstream) {
+  // Only what a digest names: its bytes can be checked, and they never change. A tag's answer is
+  // the upstream's to give each time. A Range answer is a part, never kept.
+  return upstream.cache_originals && ctx.variants && ctx.variants->originals() && route.well_formed &&
+         request.method() == http::verb::get && request[http::field::range].empty() &&
+         (route.kind == RouteKind::blob || route.kind == RouteKind::manifest) && cache::is_sha256_digest(route.reference);
+}
+
+namespace {
+
+// The object of an upstream's 200 to a GET by digest; also remembers that answer as the
+// client's read grant for the repository (it is one: the upstream let these credentials read it).
+OriginalObject original_of(ProxyContext& ctx, const Request& request, const Route& route, const UpstreamConfig& upstream,
+                           const UpstreamResponse& response, const char* kind) {
+  ctx.variants->grants().grant(request[http::field::authorization], upstream.name, route.repository);
+  ctx.metrics.add("accel_proxy_originals_misses_total", {{"kind", kind}});
+  OriginalObject object;
+  object.scope = upstream.name + "/" + route.repository;
+  object.kind = kind;
+  object.digest = route.reference;
+  object.media_type = std::string(response.headers()[http::field::content_type]);
+  return object;
+}
+
+}  // namespace
+
+std::unique_ptr<OriginalCapture> capture_original(ProxyContext& ctx, const Request& request, const Route& route,
+                                                  const UpstreamConfig& upstream, const UpstreamResponse& response) {
+  if (route.kind != RouteKind::blob || response.status() != 200 || !keeps_original(ctx, request, route, upstream))
+    return nullptr;
+  const auto length = response.content_length();
+  if (!length) return nullptr;  // registries send blobs with a length; a chunked one is not kept
+  OriginalObject object = original_of(ctx, request, route, upstream, response, "blob");
+  if (object.media_type.empty()) object.media_type = "application/octet-stream";
+  object.size = *length;
+  return ctx.variants->originals()->capture(object);
+}
+
+void keep_original_manifest(ProxyContext& ctx, const Request& request, const Route& route, const UpstreamConfig& upstream,
+                            const UpstreamResponse& response, std::string body) {
+  if (route.kind != RouteKind::manifest || response.status() != 200 || !keeps_original(ctx, request, route, upstream))
+    return;
+  OriginalObject object = original_of(ctx, request, route, upstream, response, "manifest");
+  if (object.media_type.empty()) return;  // the Content-Type a cached answer needs is unknown
+  ctx.variants->originals()->store(object, std::move(body));
 }
 
 }  // namespace accel

@@ -9,20 +9,23 @@
 #include "cache/cache.hpp"
 #include "variants/conversions.hpp"
 #include "variants/learned_prefetch.hpp"
+#include "variants/originals.hpp"
 #include "proxy/forward.hpp"
 #include "proxy/route.hpp"
 
 namespace accel {
 
-// Shared by all worker threads; owned by main().
+// Shared by all worker threads; owned by main(). Made when variants are enabled or some upstream
+// has `cache_originals` (both keep their objects in the one cache).
 class Variants {
  public:
   Variants(const Config& config, Metrics& metrics);
   cache::Cache& cache() { return cache_; }
   Conversions& conversions() { return conversions_; }
   ReadGrants& grants() { return grants_; }
-  // Null when `variants.learn_prefetch` is off.
+  // Null when `variants.learn_prefetch` (or variants) is off.
   LearnedPrefetch* learned() { return learned_.get(); }
+  Originals* originals() { return originals_.get(); }  // null: no upstream has cache_originals
 
   // A manifest PUT or DELETE through this replica: forgets the cached resolution of the tag
   // (for a digest, of every tag naming it) here, and with Redis tells the other replicas to.
@@ -40,6 +43,7 @@ class Variants {
   Conversions conversions_;
   ReadGrants grants_;
   std::shared_ptr<LearnedPrefetch> learned_;  // its conversion callbacks hold it weakly
+  std::unique_ptr<Originals> originals_;  // destroyed first: its committer thread uses the cache
 };
 
 // Answers the request if it concerns a variant or a cached object and returns true; otherwise
@@ -47,6 +51,18 @@ class Variants {
 // source image, when a miss falls back to it).
 net::awaitable<bool> handle_variant_request(ProxyContext& ctx, const Request& request, Route& route,
                                             const UpstreamConfig& upstream, ClientConnection& client, ExchangeInfo& info);
+
+// Originals (an upstream with `cache_originals`; variants/originals.hpp): the upstream answered
+// this GET by digest 200 with its whole body. Returns a capture for the body to be copied into
+// while it streams to the client, or null when it is not to be kept. The answer is a positive
+// read check with the client's credentials: remembered as its read grant for the repository.
+std::unique_ptr<OriginalCapture> capture_original(ProxyContext& ctx, const Request& request, const Route& route,
+                                                  const UpstreamConfig& upstream, const UpstreamResponse& response);
+// Whether a manifest GET (by digest, of an upstream with `cache_originals`) is to be kept: the
+// caller then reads the body whole and hands it to keep_original_manifest.
+bool keeps_original(const ProxyContext& ctx, const Request& request, const Route& route, const UpstreamConfig& upstream);
+void keep_original_manifest(ProxyContext& ctx, const Request& request, const Route& route, const UpstreamConfig& upstream,
+                            const UpstreamResponse& response, std::string body);
 
 // Descriptors (JSON) of the variants the cache holds for a source manifest in this repository,
 // for the Referrers API. Empty when variants are off.

@@ -2,8 +2,9 @@
 
 `hooks` maps (method, path regex) to a callable run once, before the first matching request
 is forwarded (e.g. moving a tag just before the proxy writes another one); `delay` holds every
-GET of a blob back that long (so a conversion stays in flight while a test acts). Requests are
-recorded as (method, path). Bodies are small in these tests and are read whole. Binds
+GET of a blob back that long (so a conversion stays in flight while a test acts);
+`body_filter(method, path, body) -> body`, when set, rewrites answer bodies (an upstream that
+serves wrong bytes for a digest). Requests are recorded as (method, path). Bodies are small in these tests and are read whole. Binds
 127.0.0.1 only; stop() shuts the server down.
 """
 import re
@@ -26,6 +27,7 @@ class HookFront:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.hooks = []  # [(method, compiled regex, callable, fired flag list)]
+        self.body_filter = None
         self.seen = []
         self._lock = threading.Lock()
         self._server = None
@@ -63,6 +65,8 @@ class HookFront:
                 resp = requests.request(self.command, front.target + path, headers=headers, data=body,
                                         allow_redirects=False, timeout=60, stream=False)
                 data = b"" if self.command == "HEAD" else resp.content
+                if front.body_filter and data:
+                    data = front.body_filter(self.command, path.split("?")[0], data)
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.items():
                     if k.lower() in HOP_BY_HOP:

@@ -143,6 +143,27 @@ TEST_CASE("an upstream's writeback section") {
                     Catch::Contains("writeback.enabled"));
 }
 
+TEST_CASE("an upstream's cache_originals: off by default, per upstream") {
+  auto c = parse_config_yaml(
+      "upstreams:\n"
+      "  - {name: kept, url: 'http://a', cache_originals: true}\n"
+      "  - {name: off, url: 'http://b', cache_originals: false}\n"
+      "  - {name: plain, url: 'http://c'}\n");
+  finalize_config(c);
+  CHECK(c.find_upstream("kept")->cache_originals);
+  CHECK_FALSE(c.find_upstream("off")->cache_originals);
+  CHECK_FALSE(c.find_upstream("plain")->cache_originals);
+  CHECK(c.caches_originals());
+  CHECK_FALSE(UpstreamConfig{}.cache_originals);
+  auto none = parse_config_yaml("upstreams: [{url: 'http://x'}]\n");
+  finalize_config(none);
+  CHECK_FALSE(none.caches_originals());
+  CHECK_THROWS_WITH(parse_config_yaml("upstreams: [{url: 'http://x', cache_originals: sometimes}]\n"),
+                    Catch::Contains("upstreams[0].cache_originals: invalid value"));
+  CHECK_THROWS_WITH(parse_config_yaml("upstreams: [{url: 'http://x', cache_original: true}]\n"),
+                    Catch::Contains("unknown key 'cache_original'"));
+}
+
 TEST_CASE("an upstream's writes: pass by default, refuse on request") {
   auto c = parse_config_yaml(
       "upstreams:\n"

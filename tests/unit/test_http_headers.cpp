@@ -22,3 +22,29 @@ TEST_CASE("hop-by-hop headers are recognised in any case") {
   CHECK_FALSE(connection_lists("close", "x-private"));
   CHECK(iequals("Docker-Content-Digest", "docker-content-digest"));
 }
+
+TEST_CASE("accept_allows: a cached manifest's media type against the client's Accept") {
+  const std::string_view oci = "application/vnd.oci.image.manifest.v1+json";
+  CHECK(accept_allows("", oci));
+  CHECK(accept_allows("  ", oci));
+  CHECK(accept_allows(oci, oci));
+  CHECK(accept_allows("APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON", oci));
+  // containerd's list, skopeo's list
+  CHECK(accept_allows("application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+                      "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*",
+                      "application/vnd.docker.distribution.manifest.v2+json"));
+  CHECK(accept_allows("application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json", oci));
+  CHECK(accept_allows("text/html, */*;q=0.1", oci));
+  CHECK(accept_allows("application/*", oci));
+  CHECK(accept_allows("application/vnd.oci.image.manifest.v1+json; q=0.5", oci));
+  CHECK_FALSE(accept_allows("application/vnd.oci.image.index.v1+json", oci));
+  CHECK_FALSE(accept_allows("application/vnd.docker.distribution.manifest.v2+json", oci));
+  CHECK_FALSE(accept_allows("text/*", oci));
+  CHECK_FALSE(accept_allows("application/vnd.oci.image.manifest.v1+jsonx", oci));
+  CHECK_FALSE(accept_allows("application/vnd.oci.image.manifest.v1+json;q=0", oci));
+  CHECK_FALSE(accept_allows("application/vnd.oci.image.manifest.v1+json; Q = 0.00", oci));
+  CHECK_FALSE(accept_allows("*/*;q=0", oci));
+  CHECK(accept_allows("*/*;q=0, application/vnd.oci.image.manifest.v1+json", oci));
+  CHECK(accept_allows("application/vnd.oci.image.manifest.v1+json;q=0.001", oci));
+  CHECK_FALSE(accept_allows("application/vnd.oci.image.manifest.v1+json;q=0,application/vnd.oci.image.index.v1+json", oci));
+}
