@@ -253,6 +253,19 @@ std::unique_ptr<OriginalCapture> Originals::capture(const OriginalObject& object
     return nullptr;
   }
   ::fchmod(fd, 0644);  // as the cache's own files: served by whoever runs the proxy
+  // The whole length is allocated at once (the size unchanged): a disk without room for it
+  // refuses now rather than half-way, and ext4 places the file once instead of block by block
+  // at writeback. Cold 1 GiB GETs, alternating (2026-12-08): 1.10-1.16 GB/s with it, 1.02-1.16
+  // without (5 each), and without it some samples dipped to 0.56. A file system without
+  // fallocate just goes without.
+  if (object.size > 0 && ::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(object.size)) != 0 &&
+      errno == ENOSPC) {
+    ::close(fd);
+    remove_file(path);
+    release(object.digest);
+    count(object.kind, "failed");
+    return nullptr;
+  }
   auto shared = std::make_shared<Shared>();
   shared->object = object;
   shared->path = std::move(path);

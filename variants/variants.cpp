@@ -70,6 +70,13 @@ net::awaitable<void> copy_file_to_client(ClientConnection& client, int fd, uint6
   }
 }
 
+// At most this much per sendfile(2) call. One call fills the whole send buffer (megabytes) under
+// the socket's lock, and the client's ACKs wait in the backlog until it returns: the two sides
+// take turns instead of overlapping. Measured on the 1 GiB cached blob over loopback (2026-12-08,
+// interleaved): 256 KiB calls 1.7-2.3 GB/s, unbounded calls 1.0-1.5 GB/s, the registry itself
+// 1.2-1.7 GB/s; 16 concurrent GETs were no slower (1.44-1.57 against 1.35-1.52 GB/s).
+constexpr uint64_t kSendfileMaxBytes = 256 * 1024;
+
 // Moves `length` bytes of a file from `offset` to the client socket with sendfile(2) (plain
 // TCP), or copies them (TLS).
 net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t offset, uint64_t length) {
@@ -83,7 +90,7 @@ net::awaitable<void> send_file_range(ClientConnection& client, int fd, uint64_t 
   off_t pos = static_cast<off_t>(offset);
   uint64_t left = length;
   while (left > 0) {
-    ssize_t n = ::sendfile(socket.native_handle(), fd, &pos, static_cast<size_t>(std::min<uint64_t>(left, 1 << 30)));
+    ssize_t n = ::sendfile(socket.native_handle(), fd, &pos, static_cast<size_t>(std::min<uint64_t>(left, kSendfileMaxBytes)));
     if (n > 0) {
       left -= static_cast<uint64_t>(n);
       client.count_body(static_cast<uint64_t>(n));
