@@ -27,4 +27,8 @@ class EstargzFormat : public LayerFormat {
 // The footer: an empty gzip member whose extra field names the TOC member's offset.
 std::string estargz_footer(uint64_t toc_offset);
 
+// A TOC name as readers look it up: no leading "/" or "./", no trailing "/", no "." parts
+// (estargz_check.cpp).
+std::string normalized_toc_name(std::string_view name);
+
 }  // namespace accel::convert

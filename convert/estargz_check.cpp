@@ -213,22 +213,6 @@ struct Toc {
   std::vector<std::string> dangling_links;  // "name -> target" of hardlinks whose target is missing
 };
 
-// A TOC name as readers look it up: no leading "/" or "./", no trailing "/", no "." parts.
-std::string clean_name(std::string_view name) {
-  std::string out;
-  size_t i = 0;
-  while (i <= name.size()) {
-    size_t slash = std::min(name.find('/', i), name.size());
-    std::string_view part = name.substr(i, slash - i);
-    if (!part.empty() && part != ".") {
-      if (!out.empty()) out += '/';
-      out += part;
-    }
-    i = slash + 1;
-  }
-  return out;
-}
-
 // A TOC field that must be a non-negative integer when present (Go's decoder refuses others).
 uint64_t u64_field(const nlohmann::json& entry, const char* key, size_t index) {
   auto it = entry.find(key);
@@ -260,7 +244,7 @@ Toc parse_toc(const std::string& json) {
     const auto& e = entries[i];
     if (!e.is_object()) throw ConvertError("TOC entry " + std::to_string(i) + " is not an object");
     const std::string type = string_field(e, "type", i);
-    if (type != "chunk") names.insert(clean_name(string_field(e, "name", i)));
+    if (type != "chunk") names.insert(normalized_toc_name(string_field(e, "name", i)));
     if (type == "hardlink") hardlinks.emplace_back(string_field(e, "name", i), string_field(e, "linkName", i));
     if (type != "chunk") {
       last_was_file = type == "reg" && u64_field(e, "size", i) > 0;
@@ -286,7 +270,7 @@ Toc parse_toc(const std::string& json) {
   }
   // A reader resolves every hardlink when it mounts the layer, and refuses it if one dangles.
   for (const auto& [name, target] : hardlinks)
-    if (!names.count(clean_name(target))) toc.dangling_links.push_back(name + " -> " + target);
+    if (!names.count(normalized_toc_name(target))) toc.dangling_links.push_back(name + " -> " + target);
   // A piece without chunkSize runs to the next piece of its file, or to the file's end.
   for (auto& file : toc.files) {
     for (size_t k = 0; k < file.pieces.size(); ++k) {
@@ -621,6 +605,21 @@ void check_estargz_manifest(ImageSource& source, const ManifestBytes& manifest, 
       report.faults.push_back(where + "layer " + std::to_string(i) + ": " + e.what());
     }
   }
+}
+
+std::string normalized_toc_name(std::string_view name) {
+  std::string out;
+  size_t i = 0;
+  while (i <= name.size()) {
+    size_t slash = std::min(name.find('/', i), name.size());
+    std::string_view part = name.substr(i, slash - i);
+    if (!part.empty() && part != ".") {
+      if (!out.empty()) out += '/';
+      out += part;
+    }
+    i = slash + 1;
+  }
+  return out;
 }
 
 }  // namespace accel::convert

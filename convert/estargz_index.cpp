@@ -31,17 +31,7 @@ uint64_t parse_toc_offset(std::string_view footer) {
 }
 
 // "./usr/bin/" -> "/usr/bin"
-std::string absolute(std::string_view name) {
-  std::string out;
-  size_t i = 0;
-  while (i <= name.size()) {
-    size_t slash = std::min(name.find('/', i), name.size());
-    std::string_view part = name.substr(i, slash - i);
-    if (!part.empty() && part != ".") (out += '/') += part;
-    i = slash + 1;
-  }
-  return out.empty() ? "/" : out;
-}
+std::string absolute(std::string_view name) { return "/" + normalized_toc_name(name); }
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include "convert/streams.hpp"
 #include "convert/tar.hpp"
 #include "tests/unit/test_files.hpp"
+#include "tests/unit/test_tar_files.hpp"
 
 using namespace accel::convert;
 using nlohmann::json;
@@ -23,32 +24,6 @@ std::string random_bytes(uint32_t seed, size_t size) {
   std::string out(size, '\0');
   for (auto& c : out) c = static_cast<char>(rng());
   return out;
-}
-
-struct Entry {
-  std::string name;
-  EntryType type;
-  std::string content;
-  std::string link;
-};
-
-std::string tar_of(const std::vector<Entry>& entries) {
-  StringSink sink;
-  TarWriter writer(sink);
-  for (const auto& f : entries) {
-    TarEntry e;
-    e.name = f.name;
-    e.type = f.type;
-    e.mode = f.type == EntryType::directory ? 0755 : 0644;
-    e.mtime = {1'700'000'000, 0};
-    e.link_name = f.link;
-    e.size = f.type == EntryType::regular ? f.content.size() : 0;
-    writer.write_header(e);
-    if (e.size) writer.write_content(f.content.data(), f.content.size());
-    writer.pad();
-  }
-  writer.finish();
-  return sink.data;
 }
 
 // A layer whose files are incompressible, so their compressed extents are about their sizes.

@@ -18,39 +18,12 @@
 #include "convert/streams.hpp"
 #include "convert/tar.hpp"
 #include "tests/unit/test_files.hpp"
+#include "tests/unit/test_tar_files.hpp"
 
 using namespace accel::convert;
 using nlohmann::json;
 
 namespace {
-
-struct FileSpec {
-  FileSpec(std::string n, EntryType t, std::string c = "", std::string l = "")
-      : name(std::move(n)), type(t), content(std::move(c)), link(std::move(l)) {}
-  std::string name;
-  EntryType type;
-  std::string content;
-  std::string link;
-};
-
-std::string tar_of(const std::vector<FileSpec>& files) {
-  StringSink sink;
-  TarWriter writer(sink);
-  for (const auto& f : files) {
-    TarEntry e;
-    e.name = f.name;
-    e.type = f.type;
-    e.mode = f.type == EntryType::directory ? 0755 : 0644;
-    e.mtime = {1'700'000'000, 0};
-    e.link_name = f.link;
-    e.size = f.type == EntryType::regular ? f.content.size() : 0;
-    writer.write_header(e);
-    if (e.size) writer.write_content(f.content.data(), f.content.size());
-    writer.pad();
-  }
-  writer.finish();
-  return sink.data;
-}
 
 // Text that compresses, varying with the seed.
 std::string text(const std::string& seed, size_t size) {
