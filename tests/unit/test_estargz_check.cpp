@@ -4,6 +4,7 @@
 // missing chunkDigest, a gap, a shared offset, a dangling hardlink) fail with a fault that
 // names what is wrong and where. The 47-byte legacy footer is accepted.
 #include <catch2/catch.hpp>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -27,12 +28,6 @@ namespace {
 
 constexpr uint64_t kChunkSize = 64 * 1024;  // small, so the big file is cut into chunks
 
-std::string random_bytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
 
 void add_file(TarWriter& tar, const std::string& name, const std::string& content) {
   TarEntry e;

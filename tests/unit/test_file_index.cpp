@@ -19,26 +19,20 @@ using nlohmann::json;
 
 namespace {
 
-std::string random_bytes(uint32_t seed, size_t size) {
-  std::mt19937 rng(seed);
-  std::string out(size, '\0');
-  for (auto& c : out) c = static_cast<char>(rng());
-  return out;
-}
 
 // A layer whose files are incompressible, so their compressed extents are about their sizes.
 std::string layer_tar() {
   return tar_of({{"usr/", EntryType::directory, "", ""},
                  {"usr/bin/", EntryType::directory, "", ""},
-                 {"usr/bin/a", EntryType::regular, random_bytes(1, 70'000), ""},
-                 {"usr/bin/b", EntryType::regular, random_bytes(2, 120'000), ""},
+                 {"usr/bin/a", EntryType::regular, random_bytes(70'000, 1), ""},
+                 {"usr/bin/b", EntryType::regular, random_bytes(120'000, 2), ""},
                  {"usr/bin/small", EntryType::regular, "tiny\n", ""},
                  {"usr/lib/", EntryType::directory, "", ""},
-                 {"usr/lib/c", EntryType::regular, random_bytes(3, 90'000), ""},
+                 {"usr/lib/c", EntryType::regular, random_bytes(90'000, 3), ""},
                  {"usr/lib/c-link", EntryType::hardlink, "", "usr/lib/c"},
-                 {"usr/lib/d", EntryType::regular, random_bytes(4, 60'000), ""},
+                 {"usr/lib/d", EntryType::regular, random_bytes(60'000, 4), ""},
                  {"etc/", EntryType::directory, "", ""},
-                 {"etc/e", EntryType::regular, random_bytes(5, 80'000), ""}});
+                 {"etc/e", EntryType::regular, random_bytes(80'000, 5), ""}});
 }
 
 ReadBlobAt reader_of(const std::string& blob) {

@@ -3,6 +3,8 @@
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
+
+#include "tests/unit/test_files.hpp"
 #include <cstring>
 #include <random>
 #include <string>
@@ -16,12 +18,6 @@ using namespace accel::convert;
 
 namespace {
 
-std::string random_bytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);  // the standard fixes mt19937's sequence
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
-}
 
 std::string text_bytes(size_t n, uint32_t seed) {
   static const char* words[] = {"layer ", "image ", "manifest ", "digest ", "blob ", "tag ", "index ", "\n"};
