@@ -7,7 +7,7 @@
 #include <sstream>
 #include <yaml-cpp/yaml.h>
 
-#include "variants/redis_url.hpp"
+#include "coordination/redis_url.hpp"
 
 namespace accel {
 namespace {

@@ -121,7 +121,7 @@ struct WebhooksConfig {
   std::vector<WebhookRule> rules;
 };
 
-// Replicas behind a load balancer converting each image once (variants/coordination.hpp).
+// Replicas behind a load balancer converting each image once (coordination/coordination.hpp).
 struct CoordinationConfig {
   std::string redis;          // redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://; empty: no coordination
   std::string redis_ca_file;  // rediss://: the CA to trust instead of the system's

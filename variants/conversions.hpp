@@ -21,7 +21,7 @@
 #include "cache/cache.hpp"
 #include "proxy/config.hpp"
 #include "proxy/metrics.hpp"
-#include "variants/coordination.hpp"
+#include "coordination/coordination.hpp"
 #include "variants/registry_store.hpp"
 
 namespace accel {

@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "redis_server.hpp"
-#include "variants/coordination.hpp"
-#include "variants/redis_connection.hpp"
+#include "coordination/coordination.hpp"
+#include "coordination/redis_connection.hpp"
 
 using namespace accel;
 using namespace std::chrono_literals;

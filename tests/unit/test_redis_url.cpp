@@ -1,7 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "proxy/config.hpp"
-#include "variants/redis_url.hpp"
+#include "coordination/redis_url.hpp"
 
 using namespace accel;
 

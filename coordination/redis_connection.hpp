@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "variants/redis_url.hpp"
+#include "coordination/redis_url.hpp"
 
 namespace accel {
 

@@ -1,4 +1,4 @@
-#include "variants/redis_url.hpp"
+#include "coordination/redis_url.hpp"
 
 #include <boost/url/parse.hpp>
 #include <charconv>

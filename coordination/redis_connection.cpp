@@ -1,4 +1,4 @@
-#include "variants/redis_connection.hpp"
+#include "coordination/redis_connection.hpp"
 
 #include <algorithm>
 #include <arpa/inet.h>

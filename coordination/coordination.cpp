@@ -1,4 +1,4 @@
-#include "variants/coordination.hpp"
+#include "coordination/coordination.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "variants/redis_connection.hpp"
+#include "coordination/redis_connection.hpp"
 
 namespace accel {
 namespace {
