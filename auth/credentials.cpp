@@ -1,5 +1,8 @@
 #include "auth/credentials.hpp"
 
+#include <cstdio>
+#include <functional>
+
 #include <boost/url/encode.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 #include <nlohmann/json.hpp>
@@ -90,6 +93,15 @@ std::optional<Credentials> credentials_from_docker_config(std::string_view confi
       return Credentials{entry["username"].get<std::string>(), entry.value("password", "")};
   }
   return std::nullopt;
+}
+
+std::string client_key(std::string_view peer_address, std::string_view authorization) {
+  std::string who(peer_address);
+  who += '\n';
+  who += authorization;
+  char key[17];
+  std::snprintf(key, sizeof key, "%016zx", std::hash<std::string>{}(who));
+  return key;
 }
 
 }  // namespace accel

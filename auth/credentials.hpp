@@ -37,4 +37,8 @@ std::optional<Credentials> credentials_from_docker_config(std::string_view confi
 // one, in time that does not depend on where they differ. An empty `expected` matches nothing.
 bool secret_matches(std::string_view given, std::string_view expected);
 
+// A short, stable name for one client (its peer address and Authorization value), 16 hex
+// digits of a hash: what learned prefetch tells clients apart by. Never the credential itself.
+std::string client_key(std::string_view peer_address, std::string_view authorization);
+
 }  // namespace accel

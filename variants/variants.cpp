@@ -240,12 +240,7 @@ void note_served(ProxyContext& ctx, const Request& request, ClientConnection& cl
   event.scope = scope;
   event.digest = served.digest;
   for (const auto& r : served.ranges) event.ranges.emplace_back(r.first, r.last + 1);
-  std::string who = client.peer_address();
-  who += '\n';
-  who += request[http::field::authorization];
-  char key[17];
-  std::snprintf(key, sizeof key, "%016zx", std::hash<std::string>{}(who));
-  learned->served(key, std::move(event));
+  learned->served(client_key(client.peer_address(), request[http::field::authorization]), std::move(event));
 }
 
 // Asks the upstream whether this client may read `proof` ("manifest:<digest>" or
